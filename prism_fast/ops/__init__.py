@@ -1,0 +1,20 @@
+"""Public ops: one function per op, `backend="auto"` dispatch, and a pure-PyTorch `*_ref` beside each.
+
+This package is the only caller of prism_fast.kernels (Triton) and the csrc/ native modules.
+"""
+from prism_fast.ops._dispatch import override_backend
+from prism_fast.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
+from prism_fast.ops.fused_linear_cross_entropy import (fused_linear_cross_entropy,
+                                                       fused_linear_cross_entropy_ref)
+from prism_fast.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_ref
+from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan, ssd_scan_naive
+from prism_fast.ops.varlen_attention import varlen_attention, varlen_attention_ref
+
+__all__ = [
+    "causal_conv1d", "causal_conv1d_ref",
+    "fused_linear_cross_entropy", "fused_linear_cross_entropy_ref",
+    "fused_linear_logprobs", "fused_linear_logprobs_ref",
+    "override_backend",
+    "ssd_chunk_scan", "ssd_scan_naive",
+    "varlen_attention", "varlen_attention_ref",
+]

@@ -1,0 +1,61 @@
+"""Backend selection shared by every op in prism_fast.ops.
+
+Each op calls `resolve(op, backend, available, device)`. "auto" picks the first available backend of the op's
+preference list for the device. Tests override a choice globally with `override_backend(op, name)`.
+Availability of optional packages is probed once (cached), not per call.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+
+_OVERRIDES: dict[str, str] = {}
+
+
+@functools.cache
+def has_module(name: str) -> bool:
+    """True when `name` is importable (probed once)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def triton_usable(device_type: str) -> bool:
+    """Triton kernels run on CUDA devices, or anywhere under the interpreter (TRITON_INTERPRET=1, tests)."""
+    if not has_module("triton"):
+        return False
+    return device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(op: str, backend: str, valid: tuple[str, ...], auto_order: list[str]) -> str:
+    """Return the backend to run.
+
+    op: op name, for messages and overrides. backend: what the caller asked for.
+    valid: every backend name this op knows. auto_order: backends usable *now* for this device/dtype, best first.
+    """
+    if backend == "auto":
+        backend = _OVERRIDES.get(op, "auto")
+    if backend == "auto":
+        if not auto_order:
+            raise RuntimeError(f"{op}: no usable backend (known: {valid})")
+        return auto_order[0]
+    if backend not in valid:
+        raise ValueError(f"{op}: unknown backend {backend!r}; valid backends are {list(valid)} or 'auto'")
+    return backend
+
+
+@contextlib.contextmanager
+def override_backend(op: str, backend: str):
+    """Make backend="auto" resolve to `backend` for `op` inside the block (tests, benchmarks)."""
+    old = _OVERRIDES.get(op)
+    _OVERRIDES[op] = backend
+    try:
+        yield
+    finally:
+        if old is None:
+            _OVERRIDES.pop(op, None)
+        else:
+            _OVERRIDES[op] = old
