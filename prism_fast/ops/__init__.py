@@ -4,14 +4,20 @@ This package is the only caller of prism_fast.kernels (Triton) and the csrc/ nat
 """
 from prism_fast.ops._dispatch import override_backend
 from prism_fast.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
+from prism_fast.ops.decode_attention import decode_attention, decode_attention_ref
 from prism_fast.ops.fused_linear_cross_entropy import (fused_linear_cross_entropy,
                                                        fused_linear_cross_entropy_ref)
 from prism_fast.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_ref
+from prism_fast.ops.norms import rms_norm, rms_norm_ref
+from prism_fast.ops.rope import apply_rotary, apply_rotary_ref, rotary_cos_sin, rotary_inv_freq
 from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan, ssd_scan_naive
 from prism_fast.ops.varlen_attention import varlen_attention, varlen_attention_ref
 
 __all__ = [
     "causal_conv1d", "causal_conv1d_ref",
+    "decode_attention", "decode_attention_ref",
+    "rms_norm", "rms_norm_ref",
+    "apply_rotary", "apply_rotary_ref", "rotary_cos_sin", "rotary_inv_freq",
     "fused_linear_cross_entropy", "fused_linear_cross_entropy_ref",
     "fused_linear_logprobs", "fused_linear_logprobs_ref",
     "override_backend",

@@ -1,0 +1,79 @@
+"""Decode attention: one new query token per sequence against a contiguous KV cache with per-sequence lengths.
+
+Shapes: q [B, H, Dh] (the newest token of each sequence), k_cache / v_cache [B, S, Hkv, Dh] (S = cache capacity),
+cache_seqlens int32/int64 [B]: number of valid cache entries per sequence INCLUDING the new token (whose k/v the
+caller already wrote at index cache_seqlens - 1). The query sits at position cache_seqlens - 1 and sees keys
+j < cache_seqlens (causal), restricted to j >= cache_seqlens - 1 - left when window_size = (left, right), left >= 0
+(flash-attn's flash_attn_with_kvcache semantics). GQA: query head h reads kv head h // (H // Hkv).
+The torch backend reads only the first max(cache_seqlens) cache rows (one host sync); a Triton split-K kernel can
+be added behind the same function.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prism_fast.ops._dispatch import resolve
+
+_VALID = ("torch", "triton")
+
+
+def _check(q, k_cache, v_cache, cache_seqlens):
+    B, H, Dh = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[-1] != Dh:
+        raise ValueError(f"decode_attention: k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} must be "
+                         f"[B={B}, S, Hkv, Dh={Dh}]")
+    if H % k_cache.shape[2]:
+        raise ValueError(f"decode_attention: query heads ({H}) must be a multiple of kv heads ({k_cache.shape[2]})")
+    if cache_seqlens.shape != (B,):
+        raise ValueError(f"decode_attention: cache_seqlens must have shape [{B}], got {tuple(cache_seqlens.shape)}")
+
+
+def decode_attention_ref(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1)):
+    """Pure-PyTorch reference: explicit fp32 softmax over the whole cache with a length/window mask. [B, H, Dh]."""
+    _check(q, k_cache, v_cache, cache_seqlens)
+    B, H, Dh = q.shape
+    S, Hkv = k_cache.shape[1], k_cache.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(Dh)
+    k = k_cache.float().repeat_interleave(H // Hkv, dim=2)                       # [B, S, H, Dh]
+    v = v_cache.float().repeat_interleave(H // Hkv, dim=2)
+    scores = torch.einsum("bhd,bshd->bhs", q.float(), k) * scale                  # [B, H, S]
+    j = torch.arange(S, device=q.device)[None, :]
+    last = cache_seqlens.long()[:, None] - 1                                       # query position [B, 1]
+    visible = j <= last
+    if window_size[0] >= 0:
+        visible &= j >= last - window_size[0]
+    scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhs,bshd->bhd", p, v).to(q.dtype)
+
+
+def _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, window_size):
+    """CPU default: SDPA over the first max(cache_seqlens) rows with a boolean mask (GQA by head expansion)."""
+    B, H, Dh = q.shape
+    Hkv = k_cache.shape[2]
+    S = int(cache_seqlens.max())                                                   # host sync
+    k = k_cache[:, :S].transpose(1, 2)                                             # [B, Hkv, S, Dh]
+    v = v_cache[:, :S].transpose(1, 2)
+    if H != Hkv:
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    j = torch.arange(S, device=q.device)[None, :]
+    last = cache_seqlens.long()[:, None] - 1
+    visible = j <= last
+    if window_size[0] >= 0:
+        visible &= j >= last - window_size[0]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None, :], k, v, attn_mask=visible[:, None, None, :], scale=softmax_scale)
+    return out[:, :, 0, :]
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1),
+                     backend="auto"):
+    """One-token attention against the KV cache (see module docstring). Returns [B, H, Dh] in q.dtype."""
+    _check(q, k_cache, v_cache, cache_seqlens)
+    b = resolve("decode_attention", backend, _VALID, ["torch"])
+    if b == "torch":
+        return _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, tuple(window_size))
+    raise RuntimeError(f"decode_attention: backend {b!r} is not available in this build")
