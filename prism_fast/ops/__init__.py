@@ -8,6 +8,9 @@ from prism_fast.ops.decode_attention import decode_attention, decode_attention_r
 from prism_fast.ops.fused_linear_cross_entropy import (fused_linear_cross_entropy,
                                                        fused_linear_cross_entropy_ref)
 from prism_fast.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_ref
+from prism_fast.ops.gated_rms_norm import gated_rms_norm, gated_rms_norm_ref
+from prism_fast.ops.mamba_decode import (causal_conv1d_update, causal_conv1d_update_ref, mamba_decode_step,
+                                         mamba_decode_step_ref, ssd_state_update, ssd_state_update_ref)
 from prism_fast.ops.norms import rms_norm, rms_norm_ref
 from prism_fast.ops.rope import apply_rotary, apply_rotary_ref, rotary_cos_sin, rotary_inv_freq
 from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan, ssd_scan_naive
@@ -20,6 +23,9 @@ __all__ = [
     "apply_rotary", "apply_rotary_ref", "rotary_cos_sin", "rotary_inv_freq",
     "fused_linear_cross_entropy", "fused_linear_cross_entropy_ref",
     "fused_linear_logprobs", "fused_linear_logprobs_ref",
+    "gated_rms_norm", "gated_rms_norm_ref",
+    "causal_conv1d_update", "causal_conv1d_update_ref", "mamba_decode_step", "mamba_decode_step_ref",
+    "ssd_state_update", "ssd_state_update_ref",
     "override_backend",
     "ssd_chunk_scan", "ssd_scan_naive",
     "varlen_attention", "varlen_attention_ref",
