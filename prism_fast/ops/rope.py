@@ -18,10 +18,11 @@ SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 
 
 def rotary_inv_freq(head_dim: int, theta: float, rope_scaling: dict | None = None,
-                    max_position_embeddings: int | None = None) -> torch.Tensor:
+                    max_position_embeddings: int | None = None, device="cpu") -> torch.Tensor:
     """Inverse frequencies [Dh/2] fp32. rope_scaling: HF dict ({"rope_type": "llama3", "factor", "low_freq_factor",
-    "high_freq_factor", "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}) or None."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    "high_freq_factor", "original_max_position_embeddings"} or {"rope_type": "linear", "factor"}) or None.
+    `device` is explicit so that building a model under `with torch.device("meta")` still gets real values."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
     rope_type = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
     if rope_type == "default":
         return inv_freq

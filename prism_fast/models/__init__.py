@@ -1,0 +1,23 @@
+"""prism_fast.models: one config dataclass, shared layers, per-family blocks, HF/GGUF IO, cache and generation.
+
+Families: llama, mistral, granite (models/llama.py), granitemoehybrid, nemotron_h (hybrid Mamba2 families).
+Contracts: docs/models.md. No distributed or training code here (applied from outside).
+"""
+from __future__ import annotations
+
+import torch
+
+from prism_fast.models.base import CausalLM
+from prism_fast.models.cache import KVCache, LayerCache, ModelCache
+from prism_fast.models.config import FAMILIES, ModelConfig, family_module, tiny_config
+
+
+def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> CausalLM:
+    """Construct the family's model on `device` ("meta" allocates nothing: load weights with assign=True)."""
+    with torch.device(device):
+        model = family_module(cfg.model_type).build(cfg)
+    return model.to(dtype=dtype)
+
+
+__all__ = ["CausalLM", "FAMILIES", "KVCache", "LayerCache", "ModelCache", "ModelConfig", "build_model",
+           "tiny_config"]

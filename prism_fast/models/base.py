@@ -1,0 +1,224 @@
+"""CausalLM: the base class of every family: embeddings -> blocks -> final norm -> LM head / fused loss / logprobs.
+
+How families plug in (hybrid families included): build your per-layer blocks (see models/layers.py for the block
+interface) and call `CausalLM.__init__(cfg, blocks, prefix=..., embed_name=..., norm_name=...)` so that parameter
+names are the HF checkpoint names (llama: model.embed_tokens / model.layers / model.norm; nemotron_h:
+backbone.embeddings / backbone.layers / backbone.norm_f). Everything else (packed batches, positions, RoPE,
+caches, loss, logprobs, hidden states, FLOPs, saving) is shared. A family whose final norm is not a plain RMSNorm
+passes its own module as `norm`.
+Unusual: the loss / logprobs are computed INSIDE forward (fused linear + CE over chunks, never the whole [N, V]
+logits), so FSDP2's root pre-forward hook has the lm_head weight gathered when it is needed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prism_fast.models.cache import ModelCache
+from prism_fast.models.config import ModelConfig
+from prism_fast.models.layers import ForwardContext, RMSNorm, Rotary
+from prism_fast.ops import fused_linear_cross_entropy, fused_linear_logprobs
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> None:
+    if B != 1:
+        raise ValueError(f"packed batches (cu_seqlens) need batch size 1, got input_ids of shape [{B}, {T}]: "
+                         "concatenate the documents into one row")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("cu_seqlens must be a 1-D int32 tensor [n_docs + 1] starting at 0")
+    c = cu_seqlens.tolist()
+    if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c[:-1], c[1:])):
+        raise ValueError(f"cu_seqlens must increase from 0 to T={T}, got {c[:4]}...{c[-2:]}")
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM. See the module docstring and models/README (docs/models.md) for the forward contract."""
+
+    def __init__(self, cfg: ModelConfig, blocks: list[nn.Module], *, prefix: str = "model",
+                 embed_name: str = "embed_tokens", norm_name: str = "norm", norm: nn.Module | None = None):
+        super().__init__()
+        self.config = cfg
+        self._prefix, self._embed_name = prefix, embed_name
+        inner = nn.Module()
+        setattr(inner, embed_name, nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=None))
+        inner.layers = nn.ModuleList(blocks)
+        setattr(inner, norm_name, norm if norm is not None else RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
+        self._norm_name = norm_name
+        setattr(self, prefix, inner)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg) if cfg.position_embedding_type == "rope" and cfg.num_attention_layers else None
+        self.tie_weights()
+
+    # ---- module access (names differ per family) ----
+    @property
+    def backbone_module(self) -> nn.Module:
+        return getattr(self, self._prefix)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.backbone_module.layers
+
+    def embed_tokens_module(self) -> nn.Embedding:
+        return getattr(self.backbone_module, self._embed_name)
+
+    def final_norm_module(self) -> nn.Module:
+        return getattr(self.backbone_module, self._norm_name)
+
+    def lm_head_module(self) -> nn.Linear:
+        return self.lm_head
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the LM head when the config says so (call again after assign-loading)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens_module().weight
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Fresh random init (normal(0, std) matrices and embeddings, zero biases, norms 1, family hooks via each
+        submodule's `reset_parameters` for non-Linear parameters). For training from scratch and tests."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif hasattr(m, "reset_parameters") and not isinstance(m, (nn.Linear, nn.Embedding)):
+                m.reset_parameters()
+        self.tie_weights()
+
+    # ---- forward ----
+    def make_context(self, input_ids, position_ids=None, cu_seqlens=None, cache=None, dtype=None) -> ForwardContext:
+        """Positions (restarting per document when packed, offset by the cache when decoding), RoPE tables,
+        attention boundaries and Mamba's seq_idx for one forward."""
+        B, T = input_ids.shape
+        dev = input_ids.device
+        seq_idx = None
+        if cu_seqlens is not None:
+            if cache is not None:
+                raise ValueError("cu_seqlens (packed) and cache cannot be combined: decode one batch row per "
+                                 "sequence instead")
+            cu_seqlens = cu_seqlens.to(device=dev, dtype=torch.int32)
+            check_cu_seqlens(cu_seqlens, B, T)
+            lengths = cu_seqlens.diff()
+            seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=dev, dtype=torch.int32),
+                                              lengths.long(), output_size=T)[None]        # [1, T]
+            if position_ids is None:
+                position_ids = (torch.arange(T, device=dev) - cu_seqlens.long()[seq_idx[0]])[None]
+            attn_cu, max_seqlen = cu_seqlens, int(lengths.max())
+        elif cache is None:
+            attn_cu = torch.arange(0, (B + 1) * T, T, device=dev, dtype=torch.int32)
+            max_seqlen = T
+        else:
+            if cache.batch_size != B:
+                raise ValueError(f"cache was made for batch size {cache.batch_size}, input has {B} rows")
+            if int(cache.seqlens.max()) + T > cache.max_seq_len:                          # host sync
+                raise ValueError(f"cache overflow: {int(cache.seqlens.max())} cached + {T} new tokens > "
+                                 f"max_seq_len={cache.max_seq_len}; make the cache with a larger max_seq_len")
+            attn_cu, max_seqlen = None, T
+        if position_ids is None:
+            position_ids = torch.arange(T, device=dev)[None].expand(B, T)
+            if cache is not None:
+                position_ids = position_ids + cache.seqlens[:, None]
+        elif position_ids.shape != (B, T):
+            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must equal input_ids shape {(B, T)}")
+        rope = self.rotary(position_ids, dtype) if self.rotary is not None else None
+        return ForwardContext(position_ids=position_ids, rope=rope, attn_cu_seqlens=attn_cu, max_seqlen=max_seqlen,
+                              cu_seqlens=cu_seqlens, seq_idx=seq_idx, cache=cache)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens_module()(input_ids)
+        m = self.config.embedding_multiplier
+        return x * m if m != 1.0 else x
+
+    def _check_inputs(self, input_ids):
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
+                             f"{tuple(input_ids.shape)}")
+
+    def backbone(self, input_ids, *, position_ids=None, cu_seqlens=None, cache=None, collect=None) -> torch.Tensor:
+        """Embeddings -> blocks -> final norm: [B, T, D]. `collect` (a list) receives each block's input."""
+        self._check_inputs(input_ids)
+        x = self.embed(input_ids)
+        ctx = self.make_context(input_ids, position_ids, cu_seqlens, cache, x.dtype)
+        for blk in self.blocks:
+            if collect is not None:
+                collect.append(x)
+            x = blk(x, ctx)
+        x = self.final_norm_module()(x)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return x
+
+    def forward(self, input_ids, *, position_ids=None, cu_seqlens=None, labels=None, cache=None,
+                loss_reduction="mean", ignore_index=-100, return_per_token=False, logprobs_of=None,
+                temperature=1.0, return_entropy=False):
+        """input_ids [B, T] -> logits [B, T, V] (model dtype, logits_scaling applied), or with labels [B, T]
+        (already shifted: labels[t] is the target of position t) the loss (and per-token losses [B, T]), or with
+        logprobs_of [B, T] the fp32 log-probs [B, T] at `temperature` (and entropy [B, T])."""
+        h = self.backbone(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache)
+        B, T, D = h.shape
+        w = self.lm_head.weight
+        if labels is not None:
+            if labels.shape != (B, T):
+                raise ValueError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {(B, T)}")
+            out = fused_linear_cross_entropy(h.reshape(B * T, D), w, labels.reshape(B * T), ignore_index=ignore_index,
+                                             reduction=loss_reduction, logit_scale=1.0 / self.config.logits_scaling,
+                                             return_per_token=return_per_token)
+            if return_per_token:
+                loss, per_tok = out
+                return (loss.view(B, T) if loss_reduction == "none" else loss), per_tok.view(B, T)
+            return out.view(B, T) if loss_reduction == "none" else out
+        if logprobs_of is not None:
+            if logprobs_of.shape != (B, T):
+                raise ValueError(f"logprobs_of shape {tuple(logprobs_of.shape)} must equal input_ids shape {(B, T)}")
+            out = fused_linear_logprobs(h.reshape(B * T, D), w, logprobs_of.reshape(B * T),
+                                        temperature=temperature * self.config.logits_scaling,
+                                        return_entropy=return_entropy)
+            if return_entropy:
+                return out[0].view(B, T), out[1].view(B, T)
+            return out.view(B, T)
+        logits = self.lm_head(h)
+        return logits / self.config.logits_scaling if self.config.logits_scaling != 1.0 else logits
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids, *, cu_seqlens=None) -> list[torch.Tensor]:
+        """HF output_hidden_states convention: num_hidden_layers + 1 tensors [B, T, D]: the embedding output (after
+        the multiplier), the outputs of layers 0..L-2, and the last layer's output AFTER the final norm."""
+        collect: list[torch.Tensor] = []
+        h = self.backbone(input_ids, cu_seqlens=cu_seqlens, collect=collect)
+        return collect + [h]
+
+    # ---- inference cache ----
+    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=None, device=None) -> ModelCache:
+        """Empty cache for `batch_size` sequences of up to `max_seq_len` tokens (dtype/device default to the
+        model's)."""
+        p = self.lm_head.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        layers = [blk.new_cache(batch_size, max_seq_len, dtype, device) if hasattr(blk, "new_cache") else None
+                  for blk in self.blocks]
+        return ModelCache(layers, torch.zeros(batch_size, dtype=torch.int64, device=device), max_seq_len)
+
+    # ---- accounting ----
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied LM head counts once). exclude_embeddings drops the input embedding table."""
+        n = sum(p.numel() for p in self.parameters())                      # parameters() deduplicates tied weights
+        if exclude_embeddings:
+            n -= self.embed_tokens_module().weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * N + attention, where N = non-embedding parameters PLUS the LM head matmul
+        (V * D, counted even when tied, since it is real compute), and attention = 12 * n_attn_layers * H * Dh *
+        seq_len / 2 (QK^T and PV, forward + backward, causal half counted). Mamba layers' SSD scan FLOPs are not
+        counted (small next to their projections)."""
+        cfg = self.config
+        n = self.num_params(exclude_embeddings=True)
+        if cfg.tie_word_embeddings:
+            n += cfg.vocab_size * cfg.hidden_size
+        attn = 12 * cfg.num_attention_layers * cfg.num_attention_heads * cfg.head_dim * seq_len / 2
+        return 6 * n + attn
+
+    # ---- saving ----
+    def save_pretrained(self, path, *, dtype=None, max_shard_size="2GB") -> None:
+        """HF directory (config.json + sharded safetensors + index) that transformers loads with equal logits."""
+        from prism_fast.models.hf_io import save_pretrained
+        save_pretrained(self, path, dtype=dtype, max_shard_size=max_shard_size)
