@@ -5,8 +5,9 @@ cache_seqlens int32/int64 [B]: number of valid cache entries per sequence INCLUD
 caller already wrote at index cache_seqlens - 1). The query sits at position cache_seqlens - 1 and sees keys
 j < cache_seqlens (causal), restricted to j >= cache_seqlens - 1 - left when window_size = (left, right), left >= 0
 (flash-attn's flash_attn_with_kvcache semantics). GQA: query head h reads kv head h // (H // Hkv).
-The torch backend reads only the first max(cache_seqlens) cache rows (one host sync); a Triton split-K kernel can
-be added behind the same function.
+The torch backend reads only the first max(cache_seqlens) cache rows (one host sync). The "triton" backend is a
+split-K kernel (kernels/decode_attention.py, no host sync). Paged cache: pass block_table int32 [B, max_blocks] and
+k_cache / v_cache [num_pages, page_size, Hkv, Dh]; key j of sequence b is at page block_table[b, j // page_size].
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 
 import torch
 
-from prism_fast.ops._dispatch import resolve
+from prism_fast.ops._dispatch import resolve, triton_usable
 
 _VALID = ("torch", "triton")
 
@@ -30,8 +31,17 @@ def _check(q, k_cache, v_cache, cache_seqlens):
         raise ValueError(f"decode_attention: cache_seqlens must have shape [{B}], got {tuple(cache_seqlens.shape)}")
 
 
-def decode_attention_ref(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1)):
+def _gather_pages(cache, block_table):
+    """Paged [num_pages, page_size, Hkv, Dh] -> contiguous [B, max_blocks * page_size, Hkv, Dh] (torch paths)."""
+    if block_table is None:
+        return cache
+    return cache[block_table.long()].flatten(1, 2)
+
+
+def decode_attention_ref(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1),
+                         block_table=None):
     """Pure-PyTorch reference: explicit fp32 softmax over the whole cache with a length/window mask. [B, H, Dh]."""
+    k_cache, v_cache = _gather_pages(k_cache, block_table), _gather_pages(v_cache, block_table)
     _check(q, k_cache, v_cache, cache_seqlens)
     B, H, Dh = q.shape
     S, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -70,10 +80,20 @@ def _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, w
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1),
-                     backend="auto"):
+                     block_table=None, backend="auto"):
     """One-token attention against the KV cache (see module docstring). Returns [B, H, Dh] in q.dtype."""
+    b = resolve("decode_attention", backend, _VALID, ["triton", "torch"] if q.is_cuda else ["torch"])
+    if b == "triton":
+        if block_table is None:
+            _check(q, k_cache, v_cache, cache_seqlens)
+        if not triton_usable(q.device.type):
+            raise RuntimeError("decode_attention: backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1)")
+        from prism_fast.kernels.decode_attention import decode_attn_fwd
+        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        return decode_attn_fwd(q, k_cache, v_cache, cache_seqlens, softmax_scale=scale,
+                               window_left=int(window_size[0]), block_table=block_table)
+    k_cache, v_cache = _gather_pages(k_cache, block_table), _gather_pages(v_cache, block_table)
     _check(q, k_cache, v_cache, cache_seqlens)
-    b = resolve("decode_attention", backend, _VALID, ["torch"])
     if b == "torch":
         return _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, tuple(window_size))
     raise RuntimeError(f"decode_attention: backend {b!r} is not available in this build")
