@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prism_fast.ops._dispatch import resolve
+from prism_fast.ops._dispatch import resolve, triton_usable
 
 _VALID = ("torch", "triton", "mamba_ssm")
 
@@ -67,15 +67,176 @@ def ssd_scan_naive(x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=
     return y
 
 
+def _segments(seq_idx, T_pad):
+    """Monotone segment ids [B, T_pad] int32 from seq_idx [B, T]: 0 at t=0, +1 at every change of seq_idx.
+
+    Why: the kernels (like mamba's) compare ids by equality within a chunk and at chunk ends, which is only a
+    reset-at-change rule when ids never repeat later; renumbering makes any seq_idx (even [0,0,1,1,0]) safe.
+    Padded positions repeat the last id so the padded tail belongs to the last document.
+    """
+    change = torch.zeros_like(seq_idx, dtype=torch.int32)
+    change[:, 1:] = (seq_idx[:, 1:] != seq_idx[:, :-1]).to(torch.int32)
+    seg = change.cumsum(1, dtype=torch.int32)
+    if T_pad > seg.shape[1]:
+        seg = torch.cat([seg, seg[:, -1:].expand(-1, T_pad - seg.shape[1])], dim=1)
+    return seg.contiguous()
+
+
+def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bias=None, dt_softplus=False,
+                       dt_limit=(0.0, float("inf")), seq_idx=None, initial_states=None,
+                       return_final_states=False):
+    """Chunked SSD in pure PyTorch (mamba's ssd_minimal algorithm + seq_idx, D, z, dt processing, states).
+
+    fp32 throughout; differentiable by autograd (the gradient reference for the Triton backend). Per chunk of
+    L = chunk_size steps (T is zero-padded to a multiple of L with dt = 0, which leaves the state unchanged):
+      Acum = cumsum(dt * A) within the chunk                                         [B, H, nc, L]
+      intra:  y_i += sum_{j<=i, seg_j == seg_i} (C_i . B_j) exp(Acum_i - Acum_j) dt_j x_j
+      chunk state: s_c = sum_{j, seg_j == seg_last} exp(Acum_last - Acum_j) dt_j x_j (outer) B_j   [B, nc, H, P, N]
+      passing: S_in[c+1] = exp(Acum_last) [seg_last == seg_prev] S_in[c] + s_c,   S_in[0] = initial_states
+      inter:  y_i += exp(Acum_i) [seg_i == seg_prev] S_in[c] @ C_i
+    where seg are monotone document ids (see _segments) and seg_prev is the id of the token before the chunk.
+    Memory: O(B H T L) for the intra-chunk decay matrix.
+    """
+    Bsz, T, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    R, L = H // G, chunk_size
+    nc = max(1, -(-T // L))
+    pad = nc * L - T
+    dtp = _prep_dt(dt, dt_bias, dt_softplus, dt_limit)                          # [B, T, H]
+    xf, Bf, Cf = x.float(), B.float(), C.float()
+    if pad:
+        xf, Bf, Cf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, Bf, Cf))
+        dtp = F.pad(dtp, (0, 0, 0, pad))
+    xc = xf.reshape(Bsz, nc, L, G, R, P)
+    Bc, Cc = Bf.reshape(Bsz, nc, L, G, N), Cf.reshape(Bsz, nc, L, G, N)
+    dtc = dtp.reshape(Bsz, nc, L, G, R).permute(0, 3, 4, 1, 2)                  # [B, G, R, nc, L]
+    Acum = torch.cumsum(dtc * A.float().reshape(G, R)[None, :, :, None, None], dim=-1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    if seq_idx is not None:
+        seg = _segments(seq_idx, nc * L).reshape(Bsz, nc, L)
+        prev = torch.zeros(Bsz, nc, dtype=seg.dtype, device=x.device)
+        prev[:, 1:] = seg[:, :-1, -1]
+        mask = causal & (seg[:, :, :, None] == seg[:, :, None, :])             # [B, nc, L, L]
+        emask = (seg == seg[:, :, -1:]).float()[:, None, None]                  # [B, 1, 1, nc, L]
+        smask = (seg == prev[:, :, None]).float()[:, None, None]
+        gmask = (seg[:, :, -1] == prev).float()[:, None, None]                  # [B, 1, 1, nc]
+        mask = mask[:, None, None]
+    else:
+        mask, emask, smask, gmask = causal, 1.0, 1.0, 1.0
+    seg_diff = (Acum[..., :, None] - Acum[..., None, :]).masked_fill(~mask, float("-inf"))
+    decay = torch.exp(seg_diff)                                                  # [B, G, R, nc, L, L]
+    CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)                             # [B, G, nc, L, L]
+    y = torch.einsum("bgcls,bgrcls,bgrcs,bcsgrp->bclgrp", CB, decay, dtc, xc)
+    decay_states = torch.exp(Acum[..., -1:] - Acum) * emask * dtc               # [B, G, R, nc, L]
+    states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_states, xc)   # [B, nc, G, R, P, N]
+    S = (initial_states.float().reshape(Bsz, G, R, P, N) if initial_states is not None
+         else xf.new_zeros(Bsz, G, R, P, N))
+    chunk_decay = torch.exp(Acum[..., -1]) * gmask                              # [B, G, R, nc]
+    s_in = []
+    for c in range(nc):
+        s_in.append(S)
+        S = chunk_decay[..., c, None, None] * S + states[:, c]
+    S_in = torch.stack(s_in, dim=1)                                             # [B, nc, G, R, P, N]
+    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, S_in, torch.exp(Acum) * smask)
+    y = y.reshape(Bsz, nc * L, H, P)[:, :T]
+    if D is not None:
+        Df = D.float()
+        y = y + xf[:, :T] * (Df[:, None] if Df.dim() == 1 else Df)
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(x.dtype)
+    if return_final_states:
+        return y, S.reshape(Bsz, H, P, N)
+    return y
+
+
+class SsdChunkScanFn(torch.autograd.Function):
+    """Triton forward/backward (prism_fast.kernels.ssd_*). Saves only the inputs and the (pre-gate) output; the
+    backward recomputes dt, dA_cumsum, CB and the chunk states (see kernels/ssd_combined.py)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_limit):
+        from prism_fast.kernels.ssd_combined import ssd_combined_fwd
+        A, D, dt_bias = A.contiguous(), (D.contiguous() if D is not None else None), (
+            dt_bias.contiguous() if dt_bias is not None else None)
+        out, y_pre, final = ssd_combined_fwd(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                             dt_softplus=dt_softplus, dt_limit=dt_limit, seg=seg,
+                                             initial_states=initial_states)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
+                              y_pre if y_pre is not None else out)
+        ctx.cfg = (chunk_size, dt_softplus, dt_limit)
+        return out, final
+
+    @staticmethod
+    def backward(ctx, dout, dfinal):
+        from prism_fast.kernels.ssd_combined import ssd_combined_bwd
+        x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre = ctx.saved_tensors
+        chunk_size, dt_softplus, dt_limit = ctx.cfg
+        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = ssd_combined_bwd(
+            dout, dfinal, x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+            dt_limit=dt_limit, seg=seg, initial_states=initial_states, y_pre=y_pre)
+        cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
+        return (dx, ddt, cast(dA, A), dB, dC, cast(dD, D), dz, cast(ddt_bias, dt_bias), cast(dinit, initial_states),
+                None, None, None, None)
+
+
+def _check(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx):
+    Bsz, T, H, P = x.shape
+    if B.shape != C.shape or B.shape[:2] != (Bsz, T) or H % B.shape[2]:
+        raise ValueError(f"ssd_chunk_scan: B/C must be [B, T, G, N] with H % G == 0; got x {tuple(x.shape)}, "
+                         f"B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if dt.shape != (Bsz, T, H) or A.shape != (H,):
+        raise ValueError(f"ssd_chunk_scan: dt must be [B, T, H] and A [H]; got {tuple(dt.shape)}, {tuple(A.shape)}")
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"ssd_chunk_scan: chunk_size must be a power of two >= 16 (mamba uses 64-256), "
+                         f"got {chunk_size}")
+    if D is not None and D.shape not in ((H,), (H, P)):
+        raise ValueError(f"ssd_chunk_scan: D must be [H] or [H, P], got {tuple(D.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"ssd_chunk_scan: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if initial_states is not None and initial_states.shape != (Bsz, H, P, B.shape[3]):
+        raise ValueError(f"ssd_chunk_scan: initial_states must be [B, H, P, N] = {(Bsz, H, P, B.shape[3])}")
+    if seq_idx is not None and seq_idx.shape != (Bsz, T):
+        raise ValueError(f"ssd_chunk_scan: seq_idx must be [B, T] = {(Bsz, T)}, got {tuple(seq_idx.shape)}")
+
+
+def _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, initial_states,
+                   return_final_states):
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError as e:  # pragma: no cover - GPU extra
+        raise RuntimeError("ssd_chunk_scan: backend 'mamba_ssm' needs `pip install mamba-ssm "
+                           "--no-build-isolation`") from e
+    if seq_idx is not None:  # mamba requires monotone int32 ids; renumbering keeps our reset-at-change rule
+        seq_idx = _segments(seq_idx, seq_idx.shape[1])
+    return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                     dt_softplus=dt_softplus, dt_limit=dt_limit, seq_idx=seq_idx,
+                                     initial_states=initial_states, return_final_states=return_final_states)
+
+
 def ssd_chunk_scan(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bias=None, dt_softplus=False,
                    dt_limit=(0.0, float("inf")), seq_idx=None, initial_states=None, return_final_states=False,
                    backend="auto"):
-    """Chunked SSD scan (see module docstring). Returns y [B, T, H, P] (and final states if asked)."""
-    if x.shape[2] % B.shape[2]:
-        raise ValueError(f"ssd_chunk_scan: heads ({x.shape[2]}) must be a multiple of groups ({B.shape[2]})")
-    b = resolve("ssd_chunk_scan", backend, _VALID, ["torch"])
+    """Chunked SSD scan (see module docstring). Returns y [B, T, H, P] in x.dtype (and final states [B, H, P, N]
+    fp32 with return_final_states=True).
+
+    backend: "torch" (ssd_chunk_scan_ref, CPU default), "triton" (kernels/ssd_*.py; CUDA default, or CPU under
+    TRITON_INTERPRET=1), "mamba_ssm" (mamba_chunk_scan_combined, when installed), or "auto".
+    """
+    _check(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx)
+    auto = ["triton", "torch"] if x.is_cuda and triton_usable("cuda") else ["torch"]
+    b = resolve("ssd_chunk_scan", backend, _VALID, auto)
+    kw = dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, seq_idx=seq_idx,
+              initial_states=initial_states, return_final_states=return_final_states)
     if b == "torch":
-        return ssd_scan_naive(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                              dt_limit=dt_limit, seq_idx=seq_idx, initial_states=initial_states,
-                              return_final_states=return_final_states)
-    raise RuntimeError(f"ssd_chunk_scan: backend {b!r} is not available in this build")
+        return ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size, **kw)
+    if b == "mamba_ssm":
+        return _ssd_mamba_ssm(x, dt, A, B, C, chunk_size, **kw)
+    if not triton_usable(x.device.type):
+        raise RuntimeError("ssd_chunk_scan: backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
+    if x.shape[1] == 0:
+        return ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size, **kw)
+    seg = _segments(seq_idx, -(-x.shape[1] // chunk_size) * chunk_size) if seq_idx is not None else None
+    out, final = SsdChunkScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size,
+                                      dt_softplus, tuple(float(v) for v in dt_limit))
+    return (out, final) if return_final_states else out

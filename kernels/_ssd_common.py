@@ -1,0 +1,45 @@
+"""Helpers shared by the Mamba2 SSD kernel stages (ssd_chunk_cumsum, ssd_bmm, ssd_chunk_state, ssd_state_passing,
+ssd_chunk_scan).
+
+Layout conventions of the intermediates (all fp32, contiguous, allocated by the launchers):
+    dt_out, dA_cumsum, and per-position grads   [B, H, nc, L]     (L = chunk_size, nc = ceil(T / L))
+    CB, dCB                                     [B, nc, G, L, L]  (only the lower triangle i >= j is meaningful)
+    chunk states / S_in / dS_out                [B, nc, H, P, N]
+    seg (monotone document ids, padded)         [B, nc * L] int32
+User tensors (x, dt, B, C, z, out) are read through their strides, so views of a fused in_proj output work.
+
+`mm` is the one matrix-product helper: fp32 operands use IEEE fp32 (no TF32, so fp32 runs match the fp32
+reference to ~1e-5); bf16/fp16 runs cast both operands to DOT_DTYPE and accumulate in fp32, like mamba.
+Everything else is computed in fp32 right after each load (the interpreter computes bf16 arithmetic wrongly).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mm(a, b, DOT_DTYPE: tl.constexpr):
+    if DOT_DTYPE == tl.float32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE))
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def dot_dtype(dtype: torch.dtype):
+    """Operand dtype for tl.dot: the input's 16-bit type on GPU, fp32 for fp32 inputs and under the interpreter."""
+    if interpreting() or dtype == torch.float32:
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def block(dim: int, cap: int = 64) -> int:
+    """Tile size for a dimension: next power of two, at least 16 (tl.dot minimum), at most `cap`."""
+    return max(16, min(cap, triton.next_power_of_2(dim)))
