@@ -10,6 +10,8 @@ import torch
 from prism_fast.models.base import CausalLM
 from prism_fast.models.cache import KVCache, LayerCache, ModelCache
 from prism_fast.models.config import FAMILIES, ModelConfig, family_module, tiny_config
+from prism_fast.models.generate import generate, sample_next
+from prism_fast.models.hf_io import from_pretrained, load_tokenizer, save_pretrained, smollm2_gguf_path
 
 
 def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> CausalLM:
@@ -20,4 +22,5 @@ def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> Causa
 
 
 __all__ = ["CausalLM", "FAMILIES", "KVCache", "LayerCache", "ModelCache", "ModelConfig", "build_model",
+           "from_pretrained", "generate", "load_tokenizer", "sample_next", "save_pretrained", "smollm2_gguf_path",
            "tiny_config"]
