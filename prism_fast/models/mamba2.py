@@ -15,29 +15,32 @@ Legend: B batch, T time, D model width, I inner width, H heads, P head dim, G gr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from prism_fast import ops
+from prism_fast.models.cache import LayerCache
 
 
-class MambaLayerCache:
-    """Decode state of one Mamba2 layer: the last W-1 conv inputs and the SSM state.
+@dataclass
+class MambaCache(LayerCache):
+    """Decode state of one Mamba2 layer: the last W-1 conv inputs and the SSM state (batch first, see cache.py).
 
     conv_state [B, conv_dim, W-1] (model dtype: it stores inputs verbatim, so it is exact in any dtype);
     ssm_state [B, H, P, N] fp32 (the scan accumulates in fp32; storing it in bf16 would make decoding drift from
     the full forward). Zeros = an empty history, which is what the zero-padded causal conv and the zero initial
-    SSM state of a fresh sequence mean.
+    SSM state of a fresh sequence mean. Updated in place, so ModelCache.row(b) views work for per-row prefill.
     """
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
 
-    def __init__(self, batch_size: int, conv_dim: int, conv_width: int, num_heads: int, head_dim: int,
-                 d_state: int, *, dtype=torch.float32, device=None, ssm_dtype=torch.float32):
-        self.conv_state = torch.zeros(batch_size, conv_dim, conv_width - 1, dtype=dtype, device=device)
-        self.ssm_state = torch.zeros(batch_size, num_heads, head_dim, d_state, dtype=ssm_dtype, device=device)
-
-    def reset(self):
-        self.conv_state.zero_()
-        self.ssm_state.zero_()
+    @classmethod
+    def empty(cls, batch_size: int, conv_dim: int, conv_width: int, num_heads: int, head_dim: int, d_state: int,
+              *, dtype=torch.float32, device=None, ssm_dtype=torch.float32) -> "MambaCache":
+        return cls(torch.zeros(batch_size, conv_dim, conv_width - 1, dtype=dtype, device=device),
+                   torch.zeros(batch_size, num_heads, head_dim, d_state, dtype=ssm_dtype, device=device))
 
 
 class GatedRMSNorm(nn.Module):
@@ -48,6 +51,9 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.group_size = group_size
         self.eps = eps
+
+    def reset_parameters(self):
+        nn.init.ones_(self.weight)
 
     def forward(self, y, z=None):
         return ops.gated_rms_norm(y, z, self.weight, group_size=self.group_size, eps=self.eps)
@@ -80,21 +86,29 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(I, group_size=I // n_groups, eps=norm_eps)
         self.out_proj = nn.Linear(I, hidden_size, bias=proj_bias)
 
+    @classmethod
+    def from_config(cls, cfg, *, activation: str = "silu") -> "Mamba2Mixer":
+        """Mixer from a ModelConfig's mamba_* fields (norm eps = rms_norm_eps; in/out_proj bias = mamba_proj_bias)."""
+        return cls(cfg.hidden_size, num_heads=cfg.mamba_n_heads, head_dim=cfg.mamba_d_head, d_state=cfg.mamba_d_state,
+                   n_groups=cfg.mamba_n_groups, conv_width=cfg.mamba_d_conv, chunk_size=cfg.mamba_chunk_size,
+                   conv_bias=cfg.mamba_conv_bias, proj_bias=cfg.mamba_proj_bias, norm_eps=cfg.rms_norm_eps,
+                   activation=activation, time_step_limit=cfg.time_step_limit)
+
     @torch.no_grad()
     def reset_parameters(self):
         """Mamba2 init of the SSM scalars (A = -[1..H], D = 1, dt_bias = 1, as transformers' default)."""
         self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
         self.D.fill_(1.0)
         self.dt_bias.fill_(1.0)
-        self.norm.weight.fill_(1.0)
 
-    def new_cache(self, batch_size: int, *, dtype=None, device=None) -> MambaLayerCache:
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None) -> MambaCache:
+        """Zero state for `batch_size` sequences (max_seq_len is unused: the state has a fixed size)."""
         dtype = dtype or self.in_proj.weight.dtype
         device = device or self.in_proj.weight.device
-        return MambaLayerCache(batch_size, self.conv_dim, self.conv_width, self.num_heads, self.head_dim,
-                               self.d_state, dtype=dtype, device=device)
+        return MambaCache.empty(batch_size, self.conv_dim, self.conv_width, self.num_heads, self.head_dim,
+                                self.d_state, dtype=dtype, device=device)
 
-    def forward(self, x_BTD, *, seq_idx=None, cache: MambaLayerCache | None = None):
+    def forward(self, x_BTD, *, seq_idx=None, cache: MambaCache | None = None):
         """x_BTD [B, T, D]; seq_idx [B, T] int32 document ids (packed rows) or None; cache appends T tokens."""
         Bsz, T, _ = x_BTD.shape
         H, P, G, N, I = self.num_heads, self.head_dim, self.n_groups, self.d_state, self.intermediate_size
@@ -144,3 +158,11 @@ def seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tenso
     ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device, dtype=torch.int32),
                                   lengths, output_size=total)
     return ids[None]
+
+
+def hf_float(v) -> float:
+    """A float from config.json: plain numbers, "inf"/"Infinity" strings, or transformers' {"__float__": "..."}
+    tag for non-finite values (time_step_limit = (0.0, inf) is saved that way)."""
+    if isinstance(v, dict) and "__float__" in v:
+        v = v["__float__"]
+    return float(v)
