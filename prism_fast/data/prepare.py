@@ -1,0 +1,191 @@
+"""Raw files -> token shard (`python -m prism_fast.data prepare`).
+
+Pipeline: the parent process streams documents out of the inputs (readers.py), groups them into batches and
+hands them to N worker processes running the fast HF tokenizer (Rust `tokenizers`, rebuilt in each worker from
+its JSON, so workers never re-parse a GGUF); results come back in submission order and are appended to the shard,
+so N workers write byte-identical shards to 1 worker. At most 2 * N batches are in flight: memory stays constant
+whatever the input size (Pool.imap would read the whole input ahead).
+
+Each document gets the tokenizer's EOS token appended (no BOS, no chat template). For chat / qa formats a
+`tokens.mask` marks response tokens (any token overlapping an assistant turn / answer, plus the EOS).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from prism_fast.data.readers import BadInputError, FORMATS, input_kind, read_docs, source_files
+from prism_fast.data.shards import ShardWriter, token_dtype
+
+_BATCH_DOCS = 256
+_BATCH_CHARS = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str):
+    """HF fast tokenizer from a directory (tokenizer.json + config) or from the tokenizer inside a .gguf file."""
+    import transformers
+
+    p = Path(path)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ValueError(f"tokenizer file {path} does not exist")
+        tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    elif p.is_dir():
+        tok = transformers.AutoTokenizer.from_pretrained(str(p))
+    else:
+        raise ValueError(f"--tokenizer {path!r} must be an HF tokenizer directory or a .gguf file")
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path}: only fast (Rust) tokenizers are supported")
+    return tok
+
+
+def tokenizer_info(tokenizer, eos_token: str | None = None) -> dict:
+    """Name, vocab size, EOS id and a fingerprint that is equal for equal tokenizers however they were loaded
+    (GGUF or directory): sha256 over the model (vocab + merges), added tokens, normalizer and pre-tokenizer."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(str(tokenizer))
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    core = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
+    core["added_tokens"] = sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []))
+    fp = hashlib.sha256(json.dumps(core, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+    eos = eos_token if eos_token is not None else tokenizer.eos_token
+    eos_id = tokenizer.convert_tokens_to_ids(eos) if eos is not None else None
+    if eos_id is None or eos_id == tokenizer.unk_token_id and eos != tokenizer.unk_token:
+        raise ValueError(f"tokenizer has no EOS token {eos!r}; pass --eos-token")
+    return {"name": str(getattr(tokenizer, "name_or_path", "")), "fingerprint": fp, "vocab_size": len(tokenizer),
+            "eos_token": eos, "eos_token_id": int(eos_id)}
+
+
+def tokenizer_fingerprint(path_or_tokenizer) -> str:
+    """The fingerprint stored in meta.json for shards made with this tokenizer (compare before training)."""
+    return tokenizer_info(path_or_tokenizer)["fingerprint"]
+
+
+# ----------------------------------------------------------------------------------------------- encode batch
+_WORKER: dict = {}
+
+
+def _init_worker(tok_json: str, eos_id: int) -> None:
+    import tokenizers
+
+    _WORKER["tok"] = tokenizers.Tokenizer.from_str(tok_json)
+    _WORKER["eos"] = eos_id
+
+
+def _encode(texts: list[str], spans: list[list[tuple[int, int]]] | None):
+    """texts: D documents -> (ids uint32 [T], lens int64 [D], mask uint8 [T] or None); EOS appended to each."""
+    tok, eos = _WORKER["tok"], _WORKER["eos"]
+    encs = tok.encode_batch(texts, add_special_tokens=False)
+    lens = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
+    ids = np.empty(int(lens.sum()), dtype=np.uint32)
+    mask = np.ones(len(ids), dtype=np.uint8) if spans is not None else None
+    pos = 0
+    for k, e in enumerate(encs):
+        n = len(e.ids)
+        ids[pos:pos + n] = e.ids
+        ids[pos + n] = eos
+        if mask is not None and n:
+            off = np.asarray(e.offsets, dtype=np.int64).reshape(n, 2)
+            resp = np.zeros(n, dtype=bool)
+            for s, t in spans[k]:
+                resp |= (off[:, 1] > s) & (off[:, 0] < t)
+            mask[pos:pos + n] = resp
+        pos += n + 1
+    return ids, lens, mask
+
+
+# ------------------------------------------------------------------------------------------------------ driver
+def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | None = None, fmt: str = "text",
+            workers: int = 1, skip_bad: bool = False, text_field: str | None = None,
+            eos_token: str | None = None, progress: bool | None = None) -> dict:
+    """Tokenize `inputs` into the shard directory `out_dir`; returns its meta.json dict.
+
+    domain: stored in meta (default: the output directory name). fmt: "text" | "chat" | "qa".
+    workers: tokenizer processes (1 = in this process). skip_bad: count and skip bad records instead of failing.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    files = source_files(list(inputs))
+    tok = load_tokenizer(str(tokenizer))
+    info = tokenizer_info(tok, eos_token)
+    tok_json = tok.backend_tokenizer.to_str()
+    with_mask = fmt in ("chat", "qa")
+    writer = ShardWriter(out_dir, token_dtype(info["vocab_size"]), with_mask)
+    skipped: dict | None = {} if skip_bad else None
+    sources = []
+    total_bytes = sum(os.path.getsize(f) for f in files)
+    bar = _progress(total_bytes, progress, Path(out_dir).name)
+    pool = None
+    try:
+        if workers > 1:
+            ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, info["eos_token_id"]))
+        else:
+            _init_worker(tok_json, info["eos_token_id"])
+        pending: collections.deque = collections.deque()
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                res, nbytes = pending.popleft()
+                writer.add(*(res.get() if pool is not None else res))
+                bar.update(nbytes)
+
+        def submit(texts, spans) -> None:
+            nbytes = sum(len(t) for t in texts)
+            args = (texts, spans if with_mask else None)
+            pending.append((pool.apply_async(_encode, args) if pool is not None else _encode(*args), nbytes))
+            drain(2 * workers)
+
+        for f in files:
+            h: dict = {}
+            texts, spans, chars = [], [], 0
+            for doc in read_docs(f, fmt, text_field=text_field, hasher_out=h, skipped=skipped):
+                texts.append(doc.text)
+                spans.append(doc.response_spans)
+                chars += len(doc.text)
+                if len(texts) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
+                    submit(texts, spans)
+                    texts, spans, chars = [], [], 0
+            if texts:
+                submit(texts, spans)
+            sources.append({"path": os.path.abspath(f), "kind": input_kind(f), "bytes": os.path.getsize(f),
+                            "sha256": h.get("sha256")})
+        drain(0)
+        if writer.num_docs == 0:
+            raise ValueError(f"no documents in {files} (skipped: {skipped}); nothing written")
+        meta = {"tokenizer": info, "format": fmt, "domain": domain or Path(out_dir).name, "sources": sources,
+                "skipped_bad": skipped or {}}
+        meta = writer.close(meta)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        bar.close()
+    if skipped:
+        print(f"prepare: skipped bad records {skipped} ({sum(skipped.values())} total)", file=sys.stderr)
+    return meta
+
+
+def _progress(total: int, enabled: bool | None, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {name}", file=sys.stderr,
+                disable=(None if enabled is None else not enabled), mininterval=1.0)
+
+
+__all__ = ["BadInputError", "load_tokenizer", "prepare", "tokenizer_fingerprint", "tokenizer_info"]
