@@ -1,0 +1,24 @@
+"""Named run configs: each recipe is a Python function returning a JobConfig (torchtitan style; no YAML).
+
+`get_recipe(name)` -> the function; `RECIPES` lists them. Paper recipes (Table 16) validate their model files at
+build time and their mesh / batch at launch (JobConfig.grad_accum, parallel.build) with errors naming the fix.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "demo": "demo", "tiny": "tiny",
+    "granite_3_3_8b": "granite_3_3_8b", "granite_4_0_micro": "granite_4_0_micro",
+    "granite_4_0_h_micro": "granite_4_0_h_micro", "llama_3_1_8b": "llama_3_1_8b", "mistral_7b": "mistral_7b",
+    "mistral_small_24b": "mistral_small_24b", "nemotron_h_8b": "nemotron_h_8b",
+}
+RECIPES = tuple(_MODULES)
+PAPER_RECIPES = RECIPES[2:]
+
+
+def get_recipe(name: str):
+    """The recipe function `name` (ValueError listing the valid names)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    return getattr(importlib.import_module(f"prism_fast.recipes.{_MODULES[name]}"), name)

@@ -1,0 +1,21 @@
+"""`demo` (the default of `python -m prism_fast.midtrain`): SmolLM2-135M-Instruct, de-quantized from the bundled
+GGUF, mid-trained on the bundled default mixture (general / chat / math / code / science), sized for about five
+minutes on 2 CPU cores, bf16 compute with fp32 master weights, cosine schedule with warmup, held-out loss per
+domain at the start and the end, final checkpoint + HF export in runs/demo/.
+"""
+from prism_fast.distributed import ParallelConfig
+from prism_fast.train import checkpoint, lr_schedules, metrics, optim
+from prism_fast.train.config import DataSection, JobConfig, ModelSection, TrainSection
+
+
+def demo(run_dir: str = "runs/demo") -> JobConfig:
+    return JobConfig(
+        model=ModelSection(path="smollm2"),
+        data=DataSection(mixture="default", seq_len=512, micro_batch_size=1, val_batches=2),
+        train=TrainSection(steps=40, global_batch_size=4, run_dir=run_dir),
+        optim=optim.Config(lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-10, grad_clip=1.0),
+        schedule=lr_schedules.Config(name="cosine", warmup_steps=4, min_lr_ratio=0.1),
+        parallel=ParallelConfig(param_dtype="bf16", reduce_dtype="fp32"),
+        checkpoint=checkpoint.Config(interval=20, keep_last=2, resume="none", export_dtype="bf16"),
+        metrics=metrics.Config(log_every=5, progress_bar=True),
+    )
