@@ -15,6 +15,7 @@ Legend: B batch, T time, D model width, I inner width, H heads, P head dim, G gr
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,8 +66,12 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, hidden_size: int, *, num_heads: int, head_dim: int, d_state: int, n_groups: int = 1,
                  conv_width: int = 4, chunk_size: int = 256, conv_bias: bool = True, proj_bias: bool = False,
                  norm_eps: float = 1e-6, activation: str = "silu",
-                 time_step_limit: tuple[float, float] = (0.0, float("inf"))):
+                 time_step_limit: tuple[float, float] = (0.0, float("inf")),
+                 dt_init_range: tuple[float, float, float] | None = None):
+        """dt_init_range (dt_min, dt_max, dt_floor): reset_parameters() draws dt log-uniformly in that range and
+        stores softplus^-1(dt) in dt_bias (mamba_ssm / Nemotron-H init); None keeps dt_bias = 1 (Granite)."""
         super().__init__()
+        self.dt_init_range = dt_init_range
         if num_heads % n_groups:
             raise ValueError(f"Mamba2: mamba heads ({num_heads}) must be a multiple of mamba groups ({n_groups})")
         if activation not in ("silu", "swish"):
@@ -87,19 +92,26 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(I, hidden_size, bias=proj_bias)
 
     @classmethod
-    def from_config(cls, cfg, *, activation: str = "silu") -> "Mamba2Mixer":
+    def from_config(cls, cfg, *, activation: str = "silu", **kwargs) -> "Mamba2Mixer":
         """Mixer from a ModelConfig's mamba_* fields (norm eps = rms_norm_eps; in/out_proj bias = mamba_proj_bias)."""
         return cls(cfg.hidden_size, num_heads=cfg.mamba_n_heads, head_dim=cfg.mamba_d_head, d_state=cfg.mamba_d_state,
                    n_groups=cfg.mamba_n_groups, conv_width=cfg.mamba_d_conv, chunk_size=cfg.mamba_chunk_size,
                    conv_bias=cfg.mamba_conv_bias, proj_bias=cfg.mamba_proj_bias, norm_eps=cfg.rms_norm_eps,
-                   activation=activation, time_step_limit=cfg.time_step_limit)
+                   activation=activation, time_step_limit=cfg.time_step_limit, **kwargs)
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Mamba2 init of the SSM scalars (A = -[1..H], D = 1, dt_bias = 1, as transformers' default)."""
+        """Mamba2 init of the SSM scalars as transformers does it: A = -[1..H], D = 1, dt_bias = 1 or, with
+        dt_init_range, softplus^-1 of a log-uniform dt (Nemotron-H)."""
         self.A_log.copy_(torch.log(torch.arange(1, self.num_heads + 1, dtype=torch.float32)))
         self.D.fill_(1.0)
-        self.dt_bias.fill_(1.0)
+        if self.dt_init_range is None:
+            self.dt_bias.fill_(1.0)
+            return
+        lo, hi, floor = self.dt_init_range
+        u = torch.rand(self.num_heads, device=self.dt_bias.device, dtype=torch.float32)
+        dt = torch.exp(u * (math.log(hi) - math.log(lo)) + math.log(lo)).clamp(min=floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))           # inverse of softplus
 
     def new_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None) -> MambaCache:
         """Zero state for `batch_size` sequences (max_seq_len is unused: the state has a fixed size)."""

@@ -132,8 +132,12 @@ class NemotronHBlock(nn.Module):
         self.layer_idx, self.layer_type = layer_idx, cfg.layer_types[layer_idx]
         self.norm = NemotronHRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if self.layer_type == "mamba":
-            act = cfg.hf_config.get("mamba_hidden_act", "silu")
-            self.mixer = Mamba2Mixer.from_config(cfg, activation=act)
+            d = cfg.hf_config
+            dt_init = (hf_float(_get(d, "time_step_min", "mamba_dt_min", default=0.001)),
+                       hf_float(_get(d, "time_step_max", "mamba_dt_max", default=0.1)),
+                       hf_float(_get(d, "time_step_floor", "mamba_dt_init_floor", default=1e-4)))
+            self.mixer = Mamba2Mixer.from_config(cfg, activation=d.get("mamba_hidden_act", "silu"),
+                                                 dt_init_range=dt_init)
         elif self.layer_type == "attention":
             self.mixer = Attention(cfg, layer_idx)
         else:
