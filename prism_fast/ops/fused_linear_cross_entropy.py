@@ -1,18 +1,33 @@
 """Fused LM-head matmul + cross-entropy. Never materializes the [N, V] logits beyond one chunk (fast backends).
 
-hidden [N, D], weight [V, D], labels [N] (int64, ignore_index marks tokens without loss).
+hidden [N, D] (or [..., D]), weight [V, D], labels [N] (int64, ignore_index marks tokens without loss).
 logits = (hidden @ weight.T) * logit_scale; loss_i = logsumexp(logits_i) - logits_i[label_i]
         + z_loss * logsumexp(logits_i)^2.
 reduction: "mean" (over non-ignored tokens), "sum", or "none" ([N], zeros at ignored positions).
 return_per_token=True additionally returns the per-token losses [N] (detached), for per-domain logging.
+
+Backends (see _lm_head_chunks.py for the chunk loop and its memory math):
+  "torch"  chunked pure PyTorch, the CPU default. "triton": the same chunk loop with cuBLAS GEMMs and the Triton
+  row kernel of prism_fast.kernels.fused_linear_cross_entropy (CUDA, or the interpreter in tests).
+  "liger"  Liger-Kernel's LigerFusedLinearCrossEntropyLoss when installed.
+Gradients: for mean/sum they are computed during forward (Liger-style: dlogits of a chunk are consumed by the two
+gradient GEMMs right away, so backward only scales dH/dW by the upstream scalar and the 3 GEMMs of the unfused op
+are all that run). For reduction="none" the upstream gradient differs per token, so backward recomputes each
+chunk's logits (one extra GEMM). Under torch.no_grad() (evaluation) no gradient work is done.
+Compute dtype is weight.dtype (hidden is cast chunk by chunk); dW accumulates across chunks in fp32.
+The weight must be a plain tensor: under FSDP2 call the op inside the model's forward (docs/fused_loss.md).
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from prism_fast.ops._dispatch import resolve
+from prism_fast.ops._dispatch import has_module, resolve, triton_usable
+from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
+                                            addmm_fp32_, chunk_rows, flatten_rows, plain_weight)
 
 _VALID = ("torch", "triton", "liger")
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 def fused_linear_cross_entropy_ref(hidden, weight, labels, *, ignore_index=-100, reduction="mean",
@@ -37,12 +52,175 @@ def fused_linear_cross_entropy_ref(hidden, weight, labels, *, ignore_index=-100,
     return loss
 
 
+def _ce_chunk_torch(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
+    """Pure-PyTorch twin of kernels.fused_linear_cross_entropy.flce_chunk.
+
+    logits [C, V] (any float dtype), labels [C]; grad None, [1] or [C] fp32.
+    Returns (loss [C] fp32, lse [C] fp32, dlogits [C, V] fp32 or None). Reuses `logits` when it is fp32.
+    """
+    x = logits.float()
+    if logit_scale != 1.0:
+        x.mul_(logit_scale)
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
+    lse = torch.logsumexp(x, dim=-1)
+    tgt = x.gather(1, safe).squeeze(1)
+    zero = torch.zeros((), device=x.device)
+    loss = torch.where(valid, lse - tgt + z_loss * lse * lse, zero)
+    if grad is None:
+        return loss, torch.where(valid, lse, zero), None
+    g = torch.where(valid, grad.expand(valid.shape).float(), zero) * logit_scale            # [C]
+    x.sub_(lse.unsqueeze(1)).exp_().mul_(((1.0 + 2.0 * z_loss * lse) * g).unsqueeze(1))     # p (1 + 2 z lse) g s
+    x.scatter_add_(1, safe, (-g).unsqueeze(1))                                              # - [j == t] g s
+    return loss, torch.where(valid, lse, zero), x
+
+
+def _ce_chunk_triton(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
+    from prism_fast.kernels.fused_linear_cross_entropy import flce_chunk
+    g = None if grad is None else grad.float().contiguous()
+    loss, lse = flce_chunk(logits, labels, g, ignore_index=ignore_index, logit_scale=logit_scale, z_loss=z_loss)
+    return loss, lse, (logits if grad is not None else None)
+
+
+def _flce_chunks(hidden, weight, labels, *, impl, ignore_index, logit_scale, z_loss, grad, need_dh, need_dw,
+                 chunk_size):
+    """The chunk loop. hidden [N, D], weight [V, D], labels [N]; grad None / [1] / [N] fp32 upstream per row.
+
+    Returns (loss [N] fp32, dH [N, D] in weight.dtype or None, dW [V, D] fp32 or None).
+    """
+    n, d = hidden.shape
+    v = weight.shape[0]
+    cdt = weight.dtype
+    if impl == "triton":
+        chunk_fn, c = _ce_chunk_triton, chunk_rows(n, v, cdt.itemsize, TRITON_CHUNK_BYTES, chunk_size)
+    else:
+        chunk_fn, c = _ce_chunk_torch, chunk_rows(n, v, TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, chunk_size)
+    with_grad = grad is not None and (need_dh or need_dw)
+    loss = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    dh = torch.empty(n, d, dtype=cdt, device=hidden.device) if with_grad and need_dh else None
+    dw = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if with_grad and need_dw else None
+    for s in range(0, n, c):
+        e = min(n, s + c)
+        h_c = hidden[s:e].to(cdt)
+        g_c = None if not with_grad else (grad if grad.numel() == 1 else grad[s:e])
+        logits = h_c @ weight.t()                                                        # [C, V], the only one
+        loss[s:e], _, dl = chunk_fn(logits, labels[s:e], g_c, ignore_index=ignore_index,
+                                    logit_scale=logit_scale, z_loss=z_loss)
+        del logits
+        if with_grad:
+            dl = dl.to(cdt)
+            if dh is not None:
+                torch.mm(dl, weight, out=dh[s:e])
+            if dw is not None:
+                addmm_fp32_(dw, dl.t(), h_c)
+    return loss, dh, dw
+
+
+class FusedLinearCrossEntropyFn(torch.autograd.Function):
+    """loss, per_token = f(hidden [N, D], weight [V, D], labels [N]); per_token is non-differentiable."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, ignore_index, reduction, logit_scale, z_loss, impl, chunk_size):
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        kw = dict(impl=impl, ignore_index=ignore_index, logit_scale=logit_scale, z_loss=z_loss,
+                  chunk_size=chunk_size)
+        ctx.reduction, ctx.kw, ctx.hidden_dtype, ctx.weight_dtype = reduction, kw, hidden.dtype, weight.dtype
+        if reduction == "none":
+            loss_tok, _, _ = _flce_chunks(hidden, weight, labels, grad=None, need_dh=False, need_dw=False, **kw)
+            ctx.save_for_backward(hidden, weight, labels)
+            ctx.mark_non_differentiable(loss_tok)
+            return loss_tok.clone(), loss_tok
+        if reduction == "mean":
+            g = 1.0 / (labels != ignore_index).sum().clamp(min=1).float().reshape(1)     # on device: no sync
+        else:
+            g = torch.ones(1, dtype=torch.float32, device=hidden.device)
+        loss_tok, dh, dw = _flce_chunks(hidden, weight, labels, grad=g, need_dh=need_dh, need_dw=need_dw, **kw)
+        # Keep dW in the weight's dtype between forward and backward (half the memory of the fp32 buffer).
+        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
+        ctx.consumed = False
+        ctx.mark_non_differentiable(loss_tok)
+        return (loss_tok.sum() * g).reshape(()), loss_tok
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_loss, _g_tok):
+        if ctx.reduction == "none":
+            hidden, weight, labels = ctx.saved_tensors
+            _, dh, dw = _flce_chunks(hidden, weight, labels, grad=g_loss.float().contiguous(),
+                                     need_dh=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1], **ctx.kw)
+        else:
+            if ctx.consumed:
+                raise RuntimeError("fused_linear_cross_entropy: mean/sum gradients are computed in forward and "
+                                   "scaled in place in backward; backward through the same graph twice "
+                                   "(retain_graph=True) is not supported. Recompute the loss instead.")
+            ctx.consumed = True
+            dh, dw = ctx.saved_tensors
+            # In place: these buffers are ours and used once (the consumed flag above guards a second use).
+            if dh is not None:
+                dh.mul_(g_loss.to(dh.dtype))
+            if dw is not None:
+                dw.mul_(g_loss.to(dw.dtype))
+        dh = None if dh is None else dh.to(ctx.hidden_dtype)
+        dw = None if dw is None else dw.to(ctx.weight_dtype)
+        return dh, dw, None, None, None, None, None, None, None
+
+
+def _liger(hidden, weight, labels, *, ignore_index, reduction, logit_scale, z_loss, return_per_token):
+    if not has_module("liger_kernel"):
+        raise RuntimeError("fused_linear_cross_entropy: backend 'liger' needs Liger-Kernel: "
+                           "pip install liger-kernel (CUDA only)")
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    h = hidden * logit_scale if logit_scale != 1.0 else hidden                # exact: (s h) W^T = s (h W^T)
+    red = "none" if return_per_token else reduction
+    out = LigerFusedLinearCrossEntropyLoss(ignore_index=ignore_index, lse_square_scale=z_loss,
+                                           reduction=red)(weight, h, labels)
+    if not return_per_token:
+        return out
+    per_tok = out.float()
+    if reduction == "mean":
+        loss = per_tok.sum() / (labels != ignore_index).sum().clamp(min=1)
+    else:
+        loss = per_tok.sum() if reduction == "sum" else per_tok
+    return loss, per_tok.detach()
+
+
 def fused_linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, reduction="mean",
-                               logit_scale=1.0, z_loss=0.0, return_per_token=False, backend="auto"):
-    """See module docstring. Returns a scalar (mean/sum) or [N] (none); (loss, per_token) if return_per_token."""
-    b = resolve("fused_linear_cross_entropy", backend, _VALID, ["torch"])
-    if b == "torch":
-        return fused_linear_cross_entropy_ref(hidden, weight, labels, ignore_index=ignore_index,
-                                              reduction=reduction, logit_scale=logit_scale, z_loss=z_loss,
-                                              return_per_token=return_per_token)
-    raise RuntimeError(f"fused_linear_cross_entropy: backend {b!r} is not available in this build")
+                               logit_scale=1.0, z_loss=0.0, return_per_token=False, backend="auto",
+                               chunk_size=None):
+    """See module docstring. Returns a scalar (mean/sum) or [N] (none); (loss, per_token) if return_per_token.
+
+    hidden [..., D] float, weight [V, D] (plain tensor, not a DTensor), labels [...] int64.
+    Outputs are fp32. chunk_size: rows per chunk (default: derived from a memory budget, _lm_head_chunks.py).
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    weight = plain_weight(weight, "fused_linear_cross_entropy")
+    on_cuda = hidden.is_cuda
+    auto = ["triton"] if on_cuda and triton_usable("cuda") else ["torch"]
+    b = resolve("fused_linear_cross_entropy", backend, _VALID, auto)
+    lead_shape = labels.shape
+    h2, y = flatten_rows(hidden, weight, labels, "fused_linear_cross_entropy", "labels")
+    if b == "liger":
+        out = _liger(h2, weight, y, ignore_index=ignore_index, reduction=reduction, logit_scale=logit_scale,
+                     z_loss=z_loss, return_per_token=return_per_token)
+        loss, per_tok = out if return_per_token else (out, None)
+    else:
+        if b == "triton" and not triton_usable(hidden.device.type):
+            raise RuntimeError("fused_linear_cross_entropy: backend 'triton' needs a CUDA tensor (or "
+                               "TRITON_INTERPRET=1 for CPU tests); use backend='torch' on CPU")
+        kw = dict(impl=b, ignore_index=ignore_index, logit_scale=float(logit_scale), z_loss=float(z_loss),
+                  chunk_size=chunk_size)
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            loss, per_tok = FusedLinearCrossEntropyFn.apply(h2, weight, y, ignore_index, reduction,
+                                                            kw["logit_scale"], kw["z_loss"], b, chunk_size)
+        else:
+            per_tok, _, _ = _flce_chunks(h2, weight, y, grad=None, need_dh=False, need_dw=False, **kw)
+            if reduction == "mean":
+                loss = per_tok.sum() / (y != ignore_index).sum().clamp(min=1)
+            else:
+                loss = per_tok.sum() if reduction == "sum" else per_tok
+    if reduction == "none":
+        loss = loss.reshape(lead_shape)
+    if return_per_token:
+        return loss, per_tok.detach().reshape(lead_shape)
+    return loss

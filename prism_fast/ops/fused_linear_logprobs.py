@@ -1,14 +1,26 @@
 """Fused LM-head matmul + per-token log-probability (and entropy) of given tokens, for RL.
 
-hidden [N, D], weight [V, D], tokens [N] (int64). logits = hidden @ weight.T / temperature.
+hidden [N, D] (or [..., D]), weight [V, D], tokens [N] (int64, in [0, V)). logits = hidden @ weight.T / temperature.
 Returns logp [N] fp32 (log p(token), always <= 0) and, with return_entropy=True, entropy [N] fp32 in [0, log V].
 Differentiable with respect to hidden and weight through both outputs.
+
+Backends: "torch" (chunked pure PyTorch, the CPU default) and "triton" (same chunk loop, cuBLAS GEMMs + the Triton
+row kernels of prism_fast.kernels.fused_linear_logprobs); `auto` = triton on CUDA, torch otherwise.
+Memory: one [C, V] logits chunk at a time (see _lm_head_chunks.py). Forward keeps only lse [N] and entropy [N];
+backward recomputes each chunk's logits (RL weights each token by its own upstream gradient, so the gradients
+cannot be formed in forward as the CE mean/sum path does): 4 GEMMs per chunk for forward + backward, vs 3 unfused.
+Rows are chunked on the host, so N = 65,536 and beyond never meets a launch-grid limit (grid = chunk rows).
 """
 from __future__ import annotations
 
-import torch
+import math
 
-from prism_fast.ops._dispatch import resolve
+import torch
+from torch.autograd.function import once_differentiable
+
+from prism_fast.ops._dispatch import resolve, triton_usable
+from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
+                                            addmm_fp32_, chunk_rows, flatten_rows, plain_weight)
 
 _VALID = ("torch", "triton")
 
@@ -24,10 +36,135 @@ def fused_linear_logprobs_ref(hidden, weight, tokens, *, temperature=1.0, return
     return logp, ent
 
 
-def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_entropy=False, backend="auto"):
-    """See module docstring."""
-    b = resolve("fused_linear_logprobs", backend, _VALID, ["torch"])
-    if b == "torch":
-        return fused_linear_logprobs_ref(hidden, weight, tokens, temperature=temperature,
-                                         return_entropy=return_entropy)
-    raise RuntimeError(f"fused_linear_logprobs: backend {b!r} is not available in this build")
+def _lp_fwd_chunk_torch(logits, tokens, *, inv_temperature, return_entropy):
+    """Torch twin of kernels.fused_linear_logprobs.fllp_fwd_chunk: (logp [C], entropy [C] or None, lse [C])."""
+    x = logits.float().mul_(inv_temperature)                      # a copy unless logits is fp32 (ours anyway)
+    lse = torch.logsumexp(x, dim=-1)
+    logp = (x.gather(1, tokens.unsqueeze(1)).squeeze(1) - lse).clamp_(max=0.0)
+    ent = None
+    if return_entropy:
+        x.sub_(lse.unsqueeze(1))                                   # log p, in place
+        # -sum p log p: every term is >= 0, so the sum is >= 0 without a clamp; rounding can exceed log V.
+        ent = x.exp().mul_(x).sum(-1).neg_().clamp_(max=math.log(x.shape[1]))
+    return logp, ent, lse
+
+
+def _lp_bwd_chunk_torch(logits, tokens, lse, ent, g_logp, g_ent, *, inv_temperature):
+    """dlogits [C, V] fp32 (raw units) for upstream g_logp [C] and g_ent [C] (or None)."""
+    logp = logits.float().mul_(inv_temperature).sub_(lse.unsqueeze(1))
+    p = logp.exp()
+    if g_ent is not None:
+        # d/dz_j = -g_lp p_j - g_H p_j (log p_j + H), built in place on the logp buffer.
+        d = logp.add_(ent.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(g_logp.unsqueeze(1)).mul_(p).neg_()
+    else:
+        d = p.mul_(-g_logp.unsqueeze(1))
+    d.scatter_add_(1, tokens.unsqueeze(1), g_logp.unsqueeze(1))
+    return d.mul_(inv_temperature)
+
+
+def _impl_fns(impl):
+    if impl == "triton":
+        from prism_fast.kernels.fused_linear_logprobs import fllp_bwd_chunk, fllp_fwd_chunk
+        return fllp_fwd_chunk, fllp_bwd_chunk
+    return _lp_fwd_chunk_torch, _lp_bwd_chunk_torch
+
+
+def _rows(impl, n, v, dtype, chunk_size):
+    if impl == "triton":
+        return chunk_rows(n, v, dtype.itemsize, TRITON_CHUNK_BYTES, chunk_size)
+    return chunk_rows(n, v, TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, chunk_size)
+
+
+def _fllp_fwd(hidden, weight, tokens, *, impl, inv_temperature, return_entropy, chunk_size):
+    """hidden [N, D], weight [V, D], tokens [N] -> (logp [N], entropy [N] or None, lse [N]), all fp32."""
+    n, v = hidden.shape[0], weight.shape[0]
+    fwd, _ = _impl_fns(impl)
+    c = _rows(impl, n, v, weight.dtype, chunk_size)
+    logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    lse = torch.empty_like(logp)
+    ent = torch.empty_like(logp) if return_entropy else None
+    for s in range(0, n, c):
+        e = min(n, s + c)
+        logits = hidden[s:e].to(weight.dtype) @ weight.t()                         # [C, V]
+        lp_c, ent_c, lse_c = fwd(logits, tokens[s:e], inv_temperature=inv_temperature,
+                                 return_entropy=return_entropy)
+        logp[s:e], lse[s:e] = lp_c, lse_c
+        if return_entropy:
+            ent[s:e] = ent_c
+    return logp, ent, lse
+
+
+def _fllp_bwd(hidden, weight, tokens, lse, ent, g_logp, g_ent, *, impl, inv_temperature, need_dh, need_dw,
+              chunk_size):
+    """Recompute each chunk's logits and return (dH [N, D] weight.dtype or None, dW [V, D] fp32 or None)."""
+    n, d = hidden.shape
+    v, cdt = weight.shape[0], weight.dtype
+    _, bwd = _impl_fns(impl)
+    c = _rows(impl, n, v, cdt, chunk_size)
+    dh = torch.empty(n, d, dtype=cdt, device=hidden.device) if need_dh else None
+    dw = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if need_dw else None
+    for s in range(0, n, c):
+        e = min(n, s + c)
+        h_c = hidden[s:e].to(cdt)
+        logits = h_c @ weight.t()
+        dl = bwd(logits, tokens[s:e], lse[s:e], None if g_ent is None else ent[s:e], g_logp[s:e],
+                 None if g_ent is None else g_ent[s:e], inv_temperature=inv_temperature).to(cdt)
+        if dh is not None:
+            torch.mm(dl, weight, out=dh[s:e])
+        if dw is not None:
+            addmm_fp32_(dw, dl.t(), h_c)
+    return dh, dw
+
+
+class FusedLinearLogprobsFn(torch.autograd.Function):
+    """(logp [N], entropy [N] or None) = f(hidden [N, D], weight [V, D], tokens [N])."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, inv_temperature, return_entropy, impl, chunk_size):
+        logp, ent, lse = _fllp_fwd(hidden, weight, tokens, impl=impl, inv_temperature=inv_temperature,
+                                   return_entropy=return_entropy, chunk_size=chunk_size)
+        ctx.save_for_backward(hidden, weight, tokens, lse, ent)
+        ctx.kw = dict(impl=impl, inv_temperature=inv_temperature, chunk_size=chunk_size)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return logp, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_logp, g_ent):
+        hidden, weight, tokens, lse, ent = ctx.saved_tensors
+        g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float().contiguous()
+        g_ent = None if (ent is None or g_ent is None) else g_ent.float().contiguous()
+        dh, dw = _fllp_bwd(hidden, weight, tokens, lse, ent, g_logp, g_ent, need_dh=ctx.needs_input_grad[0],
+                           need_dw=ctx.needs_input_grad[1], **ctx.kw)
+        dh = None if dh is None else dh.to(ctx.dtypes[0])
+        dw = None if dw is None else dw.to(ctx.dtypes[1])
+        return dh, dw, None, None, None, None, None
+
+
+def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_entropy=False, backend="auto",
+                          chunk_size=None):
+    """See module docstring. hidden [..., D], weight [V, D] plain tensor, tokens [...] int64 in [0, V).
+
+    Returns logp shaped like tokens (fp32), or (logp, entropy) with return_entropy=True.
+    chunk_size: rows per chunk (default: derived from a memory budget, _lm_head_chunks.py).
+    """
+    if not temperature > 0:
+        raise ValueError(f"fused_linear_logprobs: temperature must be > 0, got {temperature}")
+    weight = plain_weight(weight, "fused_linear_logprobs")
+    auto = ["triton"] if hidden.is_cuda and triton_usable("cuda") else ["torch"]
+    b = resolve("fused_linear_logprobs", backend, _VALID, auto)
+    if b == "triton" and not triton_usable(hidden.device.type):
+        raise RuntimeError("fused_linear_logprobs: backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 "
+                           "for CPU tests); use backend='torch' on CPU")
+    lead_shape = tokens.shape
+    h2, t = flatten_rows(hidden, weight, tokens, "fused_linear_logprobs", "tokens")
+    inv_t = 1.0 / float(temperature)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        logp, ent = FusedLinearLogprobsFn.apply(h2, weight, t, inv_t, return_entropy, b, chunk_size)
+    else:
+        logp, ent, _ = _fllp_fwd(h2, weight, t, impl=b, inv_temperature=inv_t, return_entropy=return_entropy,
+                                 chunk_size=chunk_size)
+    logp = logp.reshape(lead_shape)
+    if not return_entropy:
+        return logp
+    return logp, ent.reshape(lead_shape)
