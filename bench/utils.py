@@ -1,0 +1,109 @@
+"""Shared benchmark harness: timing (warmup, synchronize, quantiles), peak memory, machine label, CSV rows.
+
+Every bench/bench_<op>.py uses it so numbers are comparable: rows go to bench/results/<op>.csv with the columns
+op, provider, mode, metric, unit, x, p50, p20, p80, config, device_name, timestamp, version.
+Timing on CUDA uses CUDA events around each call after `warmup` calls; on CPU, perf_counter. Quantiles are over
+`reps` calls (medians are what reports quote).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = ["op", "provider", "mode", "metric", "unit", "x", "p50", "p20", "p80", "config", "device_name",
+           "timestamp", "version"]
+
+
+def device_name(device) -> str:
+    """Human label of the machine, e.g. 'NVIDIA H200' or '2-core CPU, no GPU'."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = "" if torch.cuda.is_available() else ", no GPU"
+    return f"{n}-core CPU ({platform.machine()}){gpu}"
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quantiles(samples) -> tuple[float, float, float]:
+    """(p50, p20, p80) of a list of numbers."""
+    s = sorted(samples)
+    if len(s) == 1:
+        return s[0], s[0], s[0]
+    q = statistics.quantiles(s, n=10, method="inclusive")      # deciles: q[1] = p20, q[7] = p80
+    return statistics.median(s), q[1], q[7]
+
+
+def time_fn(fn, *, device, warmup: int = 3, reps: int = 10) -> tuple[float, float, float]:
+    """Milliseconds per call of fn() as (p50, p20, p80), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    cuda = torch.device(device).type == "cuda"
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return quantiles(times)
+
+
+def peak_memory_mb(fn, *, device) -> float | None:
+    """Peak CUDA memory (MiB) allocated during one fn() call above what was allocated before; None on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def row(op, provider, mode, metric, unit, x, p50, p20=None, p80=None, *, config: dict, device) -> dict:
+    """One CSV row (p20/p80 default to p50 for single-shot metrics such as memory)."""
+    return {"op": op, "provider": provider, "mode": mode, "metric": metric, "unit": unit, "x": x,
+            "p50": f"{p50:.6g}", "p20": f"{(p50 if p20 is None else p20):.6g}",
+            "p80": f"{(p50 if p80 is None else p80):.6g}", "config": json.dumps(config, sort_keys=True),
+            "device_name": device_name(device), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "version": f"torch {torch.__version__}"}
+
+
+def append_rows(op: str, rows: list[dict], *, overwrite: bool = False) -> Path:
+    """Append rows to bench/results/<op>.csv (with overwrite=True, drop earlier rows of the same op, provider,
+    mode, metric, x and device first). Returns the CSV path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{op}.csv"
+    old = []
+    if path.exists():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    if overwrite:
+        key = lambda r: (r["op"], r["provider"], r["mode"], r["metric"], str(r["x"]), r["device_name"])  # noqa: E731
+        new_keys = {key(r) for r in rows}
+        old = [r for r in old if key(r) not in new_keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(old + rows)
+    return path
