@@ -9,7 +9,7 @@ Layout conventions of the intermediates (all fp32, contiguous, allocated by the 
 User tensors (x, dt, B, C, z, out) are read through their strides, so views of a fused in_proj output work.
 
 `mm` is the one matrix-product helper: fp32 operands use IEEE fp32 (no TF32, so fp32 runs match the fp32
-reference to ~1e-5); bf16/fp16 runs cast both operands to DOT_DTYPE and accumulate in fp32, like mamba.
+reference to ~1e-5); bf16/fp16 runs cast both operands to that type and accumulate in fp32, like mamba.
 Everything else is computed in fp32 right after each load (the interpreter computes bf16 arithmetic wrongly).
 """
 from __future__ import annotations
@@ -22,22 +22,25 @@ import triton.language as tl
 
 
 @triton.jit
-def mm(a, b, DOT_DTYPE: tl.constexpr):
-    if DOT_DTYPE == tl.float32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+def mm(a, b, DOT_MODE: tl.constexpr):
+    """a @ b with fp32 accumulation. DOT_MODE (an int so AOT specs stay JSON): 0 fp32 IEEE, 1 bf16, 2 fp16."""
+    if DOT_MODE == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT_MODE == 2:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
     else:
-        return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE))
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def dot_dtype(dtype: torch.dtype):
-    """Operand dtype for tl.dot: the input's 16-bit type on GPU, fp32 for fp32 inputs and under the interpreter."""
+def dot_mode(dtype: torch.dtype) -> int:
+    """DOT_MODE for `mm`: the input's 16-bit type on GPU; fp32 for fp32 inputs and under the interpreter."""
     if interpreting() or dtype == torch.float32:
-        return tl.float32
-    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+        return 0
+    return 1 if dtype == torch.bfloat16 else 2
 
 
 def block(dim: int, cap: int = 64) -> int:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_dtype, mm
+from ._ssd_common import block, dot_mode, mm
 
 
 @triton.jit
@@ -22,7 +22,7 @@ def _ssd_bmm_fwd_kernel(
     C_stride_b, C_stride_t, C_stride_g, C_stride_n,
     B_stride_b, B_stride_t, B_stride_g, B_stride_n,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -43,7 +43,7 @@ def _ssd_bmm_fwd_kernel(
                     mask=(ti < T)[:, None] & (kk < N)[None, :], other=0.0).to(tl.float32)
         bt = tl.load(b_base + tj[None, :] * B_stride_t + kk[:, None] * B_stride_n,
                      mask=(tj < T)[None, :] & (kk < N)[:, None], other=0.0).to(tl.float32)
-        acc += mm(c, bt, DOT_DTYPE)
+        acc += mm(c, bt, DOT_MODE)
     out = CB_ptr + (pid_bc * G + pid_g) * L * L + offs_i[:, None] * L + offs_j[None, :]
     tl.store(out, acc, mask=(offs_i < L)[:, None] & (offs_j < L)[None, :])
 
@@ -55,7 +55,7 @@ def _ssd_bmm_bwd_dcb_kernel(
     X_stride_b, X_stride_t, X_stride_h, X_stride_p,
     DY_stride_b, DY_stride_t, DY_stride_h, DY_stride_p,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_SEQ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -85,7 +85,7 @@ def _ssd_bmm_bwd_dcb_kernel(
                          mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
             xt = tl.load(x_base + tj[None, :] * X_stride_t + kk[:, None] * X_stride_p,
                          mask=(tj < T)[None, :] & (kk < P)[:, None], other=0.0).to(tl.float32)
-            dots += mm(dy, xt, DOT_DTYPE)
+            dots += mm(dy, xt, DOT_MODE)
         cs_base = DA_CS_ptr + ((pid_b * H + h) * nc + pid_c) * L
         a_i = tl.load(cs_base + offs_i, mask=offs_i < L, other=0.0)
         a_j = tl.load(cs_base + offs_j, mask=offs_j < L, other=0.0)
@@ -111,7 +111,7 @@ def ssd_bmm_fwd(C, B, chunk_size):
     bm, nt = _tiles(L)
     _ssd_bmm_fwd_kernel[(nt * nt, Bsz * nc, G)](
         C, B, CB, T, G, N, nc, *C.stride(), *B.stride(),
-        L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(N, 32), DOT_DTYPE=dot_dtype(C.dtype), num_warps=4)
+        L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(N, 32), DOT_MODE=dot_mode(C.dtype), num_warps=4)
     return CB
 
 
@@ -125,5 +125,5 @@ def ssd_bmm_bwd_dcb(x, dy, dt_out, dA_cs, seg, G):
         x, dy, dt_out, dA_cs, seg if seg is not None else dt_out, dCB, T, H, G, P, nc,
         *x.stride(), *dy.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(P), HAS_SEQ=seg is not None,
-        DOT_DTYPE=dot_dtype(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), num_warps=4)
     return dCB

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_dtype, mm
+from ._ssd_common import block, dot_mode, mm
 
 
 @triton.jit
@@ -32,7 +32,7 @@ def _ssd_chunk_scan_fwd_kernel(
     O_stride_b, O_stride_t, O_stride_h, O_stride_p,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -60,7 +60,7 @@ def _ssd_chunk_scan_fwd_kernel(
                     mask=(ti < T)[:, None] & (kk < N)[None, :], other=0.0).to(tl.float32)
         s = tl.load(s_base + offs_p[None, :] * N + kk[:, None],
                     mask=(offs_p < P)[None, :] & (kk < N)[:, None], other=0.0)
-        acc += mm(c, s, DOT_DTYPE)
+        acc += mm(c, s, DOT_MODE)
     acc *= scale_i[:, None]
     # Intra-chunk: only columns j <= i (tiles up to this row block).
     cb_base = CB_ptr + (pid_bc * G + g) * L * L
@@ -80,7 +80,7 @@ def _ssd_chunk_scan_fwd_kernel(
         w = tl.where(m, cb * tl.exp(tl.minimum(a_i[:, None] - a_j[None, :], 0.0)) * dt_j[None, :], 0.0)
         x = tl.load(x_base + tj[:, None] * X_stride_t + offs_p[None, :] * X_stride_p,
                     mask=(tj < T)[:, None] & (offs_p < P)[None, :], other=0.0).to(tl.float32)
-        acc += mm(w, x, DOT_DTYPE)
+        acc += mm(w, x, DOT_MODE)
     omask = (ti < T)[:, None] & (offs_p < P)[None, :]
     if HAS_D:
         x_i = tl.load(x_base + ti[:, None] * X_stride_t + offs_p[None, :] * X_stride_p,
@@ -130,7 +130,7 @@ def _ssd_chunk_scan_bwd_dstates_kernel(
     DY_stride_b, DY_stride_t, DY_stride_h, DY_stride_p,
     C_stride_b, C_stride_t, C_stride_g, C_stride_n,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_SEQ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -157,7 +157,7 @@ def _ssd_chunk_scan_bwd_dstates_kernel(
         if HAS_SEQ:
             seg = tl.load(SEG_ptr + pid_b * nc * L + t, mask=kk < L, other=-1)
             scale = tl.where(seg == seg_prev, scale, 0.0)
-        acc += mm(dyt, c * scale[:, None], DOT_DTYPE)
+        acc += mm(dyt, c * scale[:, None], DOT_MODE)
     out = DSTATES_ptr + ((pid_bc * H + pid_h) * P + offs_p[:, None]) * N + offs_n[None, :]
     tl.store(out, acc, mask=(offs_p < P)[:, None] & (offs_n < N)[None, :])
 
@@ -170,7 +170,7 @@ def _ssd_chunk_scan_bwd_dc_kernel(
     B_stride_b, B_stride_t, B_stride_g, B_stride_n,
     DC_stride_b, DC_stride_t, DC_stride_g, DC_stride_n,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_SEQ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -200,7 +200,7 @@ def _ssd_chunk_scan_bwd_dc_kernel(
                          mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
             s = tl.load(s_base + kk[:, None] * N + offs_n[None, :],
                         mask=(kk < P)[:, None] & (offs_n < N)[None, :], other=0.0)
-            part += mm(dy, s, DOT_DTYPE)
+            part += mm(dy, s, DOT_MODE)
         acc += part * scale[:, None]
     dcb_base = DCB_ptr + (pid_bc * G + pid_g) * L * L
     b_base = B_ptr + pid_b * B_stride_b + pid_g * B_stride_g
@@ -213,7 +213,7 @@ def _ssd_chunk_scan_bwd_dc_kernel(
         dcb = tl.where(jj[None, :] <= offs_i[:, None], dcb, 0.0)
         b = tl.load(b_base + tj[:, None] * B_stride_t + offs_n[None, :] * B_stride_n,
                     mask=(tj < T)[:, None] & (offs_n < N)[None, :], other=0.0).to(tl.float32)
-        acc += mm(dcb, b, DOT_DTYPE)
+        acc += mm(dcb, b, DOT_MODE)
     out = DC_ptr + pid_b * DC_stride_b + ti[:, None] * DC_stride_t + pid_g * DC_stride_g + offs_n[None, :] * DC_stride_n
     tl.store(out, acc, mask=(ti < T)[:, None] & (offs_n < N)[None, :])
 
@@ -233,7 +233,7 @@ def ssd_chunk_scan_fwd(CB, x, z, C, S_in, dt_out, dA_cs, seg, D):
         T, H, G, P, N, nc, *x.stride(), *(z if z is not None else x).stride(), *C.stride(), *out.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(N, L)), HAS_SEQ=seg is not None,
         HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        DOT_DTYPE=dot_dtype(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), num_warps=4)
     return out, y_pre
 
 
@@ -261,7 +261,7 @@ def ssd_chunk_scan_bwd_dstates(dy, C, dA_cs, seg):
     _ssd_chunk_scan_bwd_dstates_kernel[grid](
         dy, C, dA_cs, seg if seg is not None else dA_cs, dstates, T, H, G, P, N, nc, *dy.stride(), *C.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(L), HAS_SEQ=seg is not None,
-        DOT_DTYPE=dot_dtype(dy.dtype), num_warps=4)
+        DOT_MODE=dot_mode(dy.dtype), num_warps=4)
     return dstates
 
 
@@ -277,5 +277,5 @@ def ssd_chunk_scan_bwd_dc(dy, S_in, dA_cs, seg, dCB, B, dtype):
         dy, S_in, dA_cs, seg if seg is not None else dA_cs, dCB, B, dC, T, H, G, P, N, nc,
         *dy.stride(), *B.stride(), *dC.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(P, L)), HAS_SEQ=seg is not None,
-        DOT_DTYPE=dot_dtype(dy.dtype), num_warps=4)
+        DOT_MODE=dot_mode(dy.dtype), num_warps=4)
     return dC

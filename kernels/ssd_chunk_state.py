@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_dtype, mm
+from ._ssd_common import block, dot_mode, mm
 
 
 @triton.jit
@@ -23,7 +23,7 @@ def _ssd_chunk_state_fwd_kernel(
     X_stride_b, X_stride_t, X_stride_h, X_stride_p,
     B_stride_b, B_stride_t, B_stride_g, B_stride_n,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_SEQ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -53,7 +53,7 @@ def _ssd_chunk_state_fwd_kernel(
         if HAS_SEQ:
             seg = tl.load(SEG_ptr + pid_b * nc * L + t, mask=kk < L, other=-1)
             scale = tl.where(seg == seg_last, scale, 0.0)
-        acc += mm(xt, b * scale[:, None], DOT_DTYPE)
+        acc += mm(xt, b * scale[:, None], DOT_MODE)
     out = STATES_ptr + ((pid_bc * H + pid_h) * P + offs_p[:, None]) * N + offs_n[None, :]
     tl.store(out, acc, mask=(offs_p < P)[:, None] & (offs_n < N)[None, :])
 
@@ -66,7 +66,7 @@ def _ssd_chunk_state_bwd_db_kernel(
     C_stride_b, C_stride_t, C_stride_g, C_stride_n,
     DB_stride_b, DB_stride_t, DB_stride_g, DB_stride_n,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_SEQ: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
     pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -100,7 +100,7 @@ def _ssd_chunk_state_bwd_db_kernel(
                         mask=(tj < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
             ds = tl.load(ds_base + kk[:, None] * N + offs_n[None, :],
                          mask=(kk < P)[:, None] & (offs_n < N)[None, :], other=0.0)
-            part += mm(x, ds, DOT_DTYPE)
+            part += mm(x, ds, DOT_MODE)
         acc += part * scale[:, None]
     # Intra-chunk part: dB_j += sum_{i >= j} dCB[i, j] C_i (dCB is already masked and summed over heads).
     dcb_base = DCB_ptr + (pid_bc * G + pid_g) * L * L
@@ -113,7 +113,7 @@ def _ssd_chunk_state_bwd_db_kernel(
         dcbt = tl.where(ii[None, :] >= offs_j[:, None], dcbt, 0.0)
         c = tl.load(c_base + ti[:, None] * C_stride_t + offs_n[None, :] * C_stride_n,
                     mask=(ti < T)[:, None] & (offs_n < N)[None, :], other=0.0).to(tl.float32)
-        acc += mm(dcbt, c, DOT_DTYPE)
+        acc += mm(dcbt, c, DOT_MODE)
     out = DB_ptr + pid_b * DB_stride_b + tj[:, None] * DB_stride_t + pid_g * DB_stride_g + offs_n[None, :] * DB_stride_n
     tl.store(out, acc, mask=(tj < T)[:, None] & (offs_n < N)[None, :])
 
@@ -130,7 +130,7 @@ def ssd_chunk_state_fwd(x, B, dt_out, dA_cs, seg):
         x, B, dt_out, dA_cs, seg if seg is not None else dt_out, states, T, H, G, P, N, nc,
         *x.stride(), *B.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(L), HAS_SEQ=seg is not None,
-        DOT_DTYPE=dot_dtype(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), num_warps=4)
     return states
 
 
@@ -146,5 +146,5 @@ def ssd_chunk_state_bwd_db(x, C, dt_out, dA_cs, seg, ds_out, dCB, dtype):
         x, C, dt_out, dA_cs, seg if seg is not None else dt_out, ds_out, dCB, dB, T, H, G, P, N, nc,
         *x.stride(), *C.stride(), *dB.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(P, L)), HAS_SEQ=seg is not None,
-        DOT_DTYPE=dot_dtype(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), num_warps=4)
     return dB

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_dtype, mm
+from ._ssd_common import block, dot_mode, mm
 from .ssd_bmm import ssd_bmm_bwd_dcb, ssd_bmm_fwd
 from .ssd_chunk_cumsum import ssd_chunk_cumsum_bwd, ssd_chunk_cumsum_fwd
 from .ssd_chunk_scan import (ssd_chunk_scan_bwd_dc, ssd_chunk_scan_bwd_dstates, ssd_chunk_scan_fwd,
@@ -36,7 +36,7 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
     DX_stride_b, DX_stride_t, DX_stride_h, DX_stride_p,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
+    DOT_MODE: tl.constexpr,
 ):
     pid_m, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
@@ -65,7 +65,7 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
                     mask=(tj < T)[:, None] & (nn < N)[None, :], other=0.0).to(tl.float32)
         dst = tl.load(ds_base + offs_p[None, :] * N + nn[:, None],
                       mask=(offs_p < P)[None, :] & (nn < N)[:, None], other=0.0)
-        acc_v += mm(b, dst, DOT_DTYPE)
+        acc_v += mm(b, dst, DOT_MODE)
     acc_v *= scale_v[:, None]
     # U: intra-chunk, rows i >= j.
     cb_base = CB_ptr + (pid_bc * G + g) * L * L
@@ -84,7 +84,7 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
         w = tl.where(m, cbt * tl.exp(tl.minimum(a_i[None, :] - a_j[:, None], 0.0)), 0.0)
         dy = tl.load(dy_base + ti[:, None] * DY_stride_t + offs_p[None, :] * DY_stride_p,
                      mask=(ti < T)[:, None] & (offs_p < P)[None, :], other=0.0).to(tl.float32)
-        acc_u += mm(w, dy, DOT_DTYPE)
+        acc_u += mm(w, dy, DOT_MODE)
     uv = acc_u + acc_v
     rmask = (tj < T)[:, None] & (offs_p < P)[None, :]
     x = tl.load(X_ptr + pid_b * X_stride_b + tj[:, None] * X_stride_t + pid_h * X_stride_h
@@ -131,7 +131,7 @@ def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out, seg
         ds_out, dx, ddt_direct, ddacs, sv, dd_part, T, H, G, P, N, nc, n_mblk,
         *x.stride(), *dy.stride(), *y_pre.stride(), *B.stride(), *dx.stride(),
         L=L, BLOCK_M=bm, BLOCK_P=block(P, 256), BLOCK_K=bm, BLOCK_N=block(N, 32 if P > 64 else 64),
-        HAS_SEQ=seg is not None, HAS_D=D is not None, D_HAS_HDIM=has_hdim, DOT_DTYPE=dot_dtype(x.dtype),
+        HAS_SEQ=seg is not None, HAS_D=D is not None, D_HAS_HDIM=has_hdim, DOT_MODE=dot_mode(x.dtype),
         num_warps=4)
     dD = None
     if D is not None:

@@ -1,0 +1,215 @@
+"""ssd_chunk_scan: chunked torch reference and Triton kernels (interpreter on CPU) vs the naive recurrence.
+
+Ground truth is ssd_scan_naive (one time step at a time, fp32). Gradients of the Triton backend are compared
+with autograd through ssd_chunk_scan_ref (itself checked against the naive forward). Shapes are tiny (H 2-4,
+P 8-16, N 8-16, chunk 16-32) so the interpreter stays affordable; lengths 1, 37, 130 are not multiples of the
+chunk, packed rows put document starts inside chunks, on chunk borders and at t = 0. GPU chunk sizes 64-256 are
+covered by the AOT compile test (and tests/gpu/test_ssm_gpu.py on a GPU).
+"""
+import inspect
+
+import pytest
+import torch
+
+from prism_fast.ops import ssd_chunk_scan, ssd_scan_naive
+from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan_ref
+from tests.aot_util import aot_compile, assert_all_compiled
+
+ATOL, RTOL = 2e-5, 2e-5            # fp32 forward
+ATOL_G, RTOL_G = 1e-4, 1e-4        # fp32 gradients (dA / ddt_bias are sums over B*T terms: scaled below)
+
+
+def _assert_close(name, got, want, atol, rtol):
+    diff = (got.float() - want.float()).abs()
+    bad = diff > atol + rtol * want.float().abs()
+    assert not bad.any(), (f"{name}: max diff {diff.max().item():.3e}, mean {diff.mean().item():.3e}, "
+                           f"max |want| {want.abs().max().item():.3e}, first bad index {bad.nonzero()[0].tolist()}")
+
+
+def _inputs(Bsz, T, H, G, P, N, *, seq=None, d_hdim=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x, dt, B, C, z = r(Bsz, T, H, P), r(Bsz, T, H) - 1.0, r(Bsz, T, G, N), r(Bsz, T, G, N), r(Bsz, T, H, P)
+    A = -torch.rand(H, generator=g) - 0.3
+    D = r(H, P) if d_hdim else r(H)
+    kw = dict(D=D, z=z, dt_bias=r(H) * 0.5, initial_states=r(Bsz, H, P, N), seq_idx=seq)
+    return [x, dt, A, B, C], kw
+
+
+def _seq(Bsz, T, starts):
+    """seq_idx [B, T] with document starts at `starts` (row 0) and a shifted pattern in the other rows."""
+    s = torch.zeros(Bsz, T, dtype=torch.int32)
+    for b in range(Bsz):
+        for k, st in enumerate(starts):
+            st = min(T - 1, st + 3 * b)
+            s[b, st:] = k + 1
+    return s
+
+
+# (B, T, H, G, P, N, chunk, doc starts or None, D per channel)
+CASES = [
+    (1, 1, 2, 1, 8, 8, 16, None, False),
+    (2, 37, 4, 2, 8, 16, 16, None, True),
+    (1, 130, 3, 1, 16, 8, 32, None, False),
+    (2, 37, 4, 4, 8, 8, 16, (5, 16, 17), False),
+    (1, 130, 2, 1, 8, 16, 32, (1, 32, 64, 100), True),
+]
+
+
+@pytest.mark.parametrize("Bsz,T,H,G,P,N,L,starts,d_hdim", CASES)
+def test_chunked_ref_equals_naive(Bsz, T, H, G, P, N, L, starts, d_hdim):
+    seq = _seq(Bsz, T, starts) if starts else None
+    args, kw = _inputs(Bsz, T, H, G, P, N, seq=seq, d_hdim=d_hdim)
+    opt = dict(dt_softplus=True, dt_limit=(0.01, 2.0), return_final_states=True)
+    y0, s0 = ssd_scan_naive(*args, **kw, **opt)
+    y1, s1 = ssd_chunk_scan_ref(*args, L, **kw, **opt)
+    _assert_close("y", y1, y0, 1e-5, 1e-5)
+    _assert_close("final", s1, s0, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("Bsz,T,H,G,P,N,L,starts,d_hdim", CASES)
+def test_triton_fwd_bwd(Bsz, T, H, G, P, N, L, starts, d_hdim):
+    """Forward vs the naive recurrence; gradients of all nine inputs vs autograd through the chunked ref."""
+    seq = _seq(Bsz, T, starts) if starts else None
+    args, kw = _inputs(Bsz, T, H, G, P, N, seq=seq, d_hdim=d_hdim, seed=1)
+    opt = dict(dt_softplus=True, dt_limit=(0.01, 2.0), return_final_states=True)
+    names = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
+
+    def run(fn, **extra):
+        leaves = [t.clone().requires_grad_() for t in args + [kw[n] for n in names[5:]]]
+        kws = dict(zip(names[5:], leaves[5:]), seq_idx=seq)
+        y, s = fn(*leaves[:5], **kws, **opt, **extra)
+        gen = torch.Generator().manual_seed(7)
+        gy, gs = torch.randn(y.shape, generator=gen), torch.randn(s.shape, generator=gen)
+        grads = torch.autograd.grad((y * gy).sum() + (s * gs).sum(), leaves)
+        return y.detach(), s.detach(), grads
+
+    y, s, grads = run(ssd_chunk_scan, chunk_size=L, backend="triton")
+    y0, s0 = ssd_scan_naive(*args, **kw, **opt)
+    _assert_close("y", y, y0, ATOL, RTOL)
+    _assert_close("final", s, s0, ATOL, RTOL)
+    _, _, ref = run(ssd_chunk_scan_ref, chunk_size=L)
+    for n, g_, r_ in zip(names, grads, ref):
+        scale = (Bsz * T) ** 0.5 if n in ("A", "D", "dt_bias") else 1.0     # reductions over all tokens
+        _assert_close("d" + n, g_, r_, ATOL_G * scale, RTOL_G)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_packed_equals_loop_over_documents(backend):
+    """One packed row with seq_idx == each document run alone (initial state only feeds the first document)."""
+    lens, H, G, P, N, L = (5, 16, 1, 20), 2, 1, 8, 8, 16
+    T = sum(lens)
+    seq = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))[None]
+    args, kw = _inputs(1, T, H, G, P, N, seq=seq, seed=2)
+    opt = dict(dt_softplus=True, return_final_states=True)
+    y, s = ssd_chunk_scan(*args, L, **kw, **opt, backend=backend)
+    t0 = 0
+    for k, n in enumerate(lens):
+        part = [a[:, t0:t0 + n] if a.dim() > 1 else a for a in args]
+        kd = dict(kw, z=kw["z"][:, t0:t0 + n], seq_idx=None,
+                  initial_states=kw["initial_states"] if k == 0 else None)
+        yd, sd = ssd_chunk_scan(*part, L, **kd, **opt, backend=backend)
+        _assert_close(f"doc {k}", y[:, t0:t0 + n], yd, ATOL, RTOL)
+        t0 += n
+    _assert_close("final state = last document's", s, sd, ATOL, RTOL)
+
+
+def test_nonmonotone_seq_idx_resets_at_every_change():
+    """seq_idx [0,0,1,1,0,0,...]: a later reuse of id 0 is still a new document (renumbered internally)."""
+    T = 40
+    seq = torch.tensor([[0] * 10 + [1] * 10 + [0] * 20])
+    args, kw = _inputs(1, T, 2, 1, 8, 8, seq=seq, seed=3)
+    y0 = ssd_scan_naive(*args, **kw, dt_softplus=True)
+    _assert_close("torch", ssd_chunk_scan(*args, 16, **kw, dt_softplus=True, backend="torch"), y0, 1e-5, 1e-5)
+    _assert_close("triton", ssd_chunk_scan(*args, 16, **kw, dt_softplus=True, backend="triton"), y0, ATOL, RTOL)
+
+
+def test_strided_views_and_plain_options():
+    """x/z/B/C/dt as views into one fused projection (the mixer's layout), no D/z/bias/softplus/limit."""
+    Bsz, T, H, G, P, N = 2, 21, 2, 2, 8, 8
+    g = torch.Generator().manual_seed(4)
+    proj = torch.randn(Bsz, T, H * P + 2 * G * N + H, generator=g)
+    x = proj[..., :H * P].view(Bsz, T, H, P)
+    B = proj[..., H * P:H * P + G * N].view(Bsz, T, G, N)
+    C = proj[..., H * P + G * N:H * P + 2 * G * N].view(Bsz, T, G, N)
+    dt = proj[..., -H:].sigmoid()
+    A = -torch.rand(H, generator=g)
+    y = ssd_chunk_scan(x, dt, A, B, C, 16, backend="triton")
+    _assert_close("y", y, ssd_scan_naive(x, dt, A, B, C), ATOL, RTOL)
+
+
+def test_user_errors():
+    args, _ = _inputs(1, 8, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match="power of two"):
+        ssd_chunk_scan(*args, 48)
+    with pytest.raises(ValueError, match="H % G == 0"):
+        ssd_chunk_scan(args[0], args[1], args[2], torch.randn(1, 8, 3, 8), torch.randn(1, 8, 3, 8), 16)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ssd_chunk_scan(*args, 16, backend="cuda")
+
+
+def _sig(module, kernel, constexprs, ptr, int_ptrs=("SEG_ptr",), floats=("dt_min", "dt_max"), fp32_ptrs=()):
+    """Signature for aot_compile: *_ptr arguments get `ptr` (user tensors) or *fp32 (intermediates)."""
+    import importlib
+    fn = getattr(importlib.import_module(module), kernel)
+    params = list(inspect.signature(fn.fn).parameters)
+    sig = {}
+    for p in params:
+        if p in constexprs:
+            sig[p] = "constexpr"
+        elif p in int_ptrs:
+            sig[p] = "*i32"
+        elif p.endswith("_ptr"):
+            sig[p] = "*fp32" if p in fp32_ptrs else ptr
+        else:
+            sig[p] = "fp32" if p in floats else "i32"
+    return sig
+
+
+_INTERMEDIATE = ("DT_OUT_ptr", "DA_CS_ptr", "CB_ptr", "DCB_ptr", "STATES_ptr", "S_IN_ptr", "DS_OUT_ptr",
+                 "DSTATES_ptr", "DDACS_ptr", "SV_ptr", "DDA_LAST_ptr", "DDT_DIRECT_ptr", "DA_PART_ptr",
+                 "DDT_BIAS_PART_ptr", "DD_PART_ptr", "DDA_PART_ptr", "INIT_ptr", "FINAL_ptr", "DFINAL_ptr",
+                 "DINIT_ptr", "DDT_ptr", "A_ptr", "DT_BIAS_ptr", "D_ptr")
+
+
+def _ssd_specs(L, P, N, lowp):
+    """Every SSD kernel with the GPU launch constexprs (tiles of 64, bf16 dots when lowp) for chunk L."""
+    m = "prism_fast.kernels."
+    ptr = "*bf16" if lowp else "*fp32"
+    dot = {"DOT_MODE": 1 if lowp else 0}
+    b64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
+    flags = dict(HAS_SEQ=True)
+    table = [
+        ("ssd_chunk_cumsum", "_ssd_chunk_cumsum_fwd_kernel",
+         dict(L=L, BLOCK_H=8192 // L, HAS_DT_BIAS=True, DT_SOFTPLUS=True, HAS_LIMIT=True)),
+        ("ssd_chunk_cumsum", "_ssd_chunk_cumsum_bwd_kernel",
+         dict(L=L, BLOCK_H=8192 // L, HAS_DT_BIAS=True, DT_SOFTPLUS=True, HAS_LIMIT=True)),
+        ("ssd_bmm", "_ssd_bmm_fwd_kernel", dict(L=L, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, **dot)),
+        ("ssd_bmm", "_ssd_bmm_bwd_dcb_kernel", dict(L=L, **b64, **flags, **dot)),
+        ("ssd_chunk_state", "_ssd_chunk_state_fwd_kernel", dict(L=L, **b64, **flags, **dot)),
+        ("ssd_chunk_state", "_ssd_chunk_state_bwd_db_kernel", dict(L=L, **b64, **flags, **dot)),
+        ("ssd_state_passing", "_ssd_state_passing_fwd_kernel", dict(L=L, BLOCK=1024, HAS_INIT=True, **flags)),
+        ("ssd_state_passing", "_ssd_state_passing_bwd_kernel", dict(L=L, BLOCK=1024, HAS_DFINAL=True, **flags)),
+        ("ssd_chunk_scan", "_ssd_chunk_scan_fwd_kernel",
+         dict(L=L, **b64, **flags, HAS_D=True, D_HAS_HDIM=False, HAS_Z=True, **dot)),
+        ("ssd_chunk_scan", "_ssd_gate_bwd_kernel", dict(BLOCK_T=64, BLOCK_P=P)),
+        ("ssd_chunk_scan", "_ssd_chunk_scan_bwd_dstates_kernel", dict(L=L, **b64, **flags, **dot)),
+        ("ssd_chunk_scan", "_ssd_chunk_scan_bwd_dc_kernel", dict(L=L, **b64, **flags, **dot)),
+        ("ssd_combined", "_ssd_chunk_scan_chunk_state_bwd_dx_kernel",
+         dict(L=L, BLOCK_M=64, BLOCK_P=P, BLOCK_K=64, BLOCK_N=64, **flags, HAS_D=True, D_HAS_HDIM=False, **dot)),
+    ]
+    return [{"module": m + mod, "kernel": k, "constexprs": c, "num_warps": 4,
+             "signature": _sig(m + mod, k, c, ptr, fp32_ptrs=_INTERMEDIATE)} for mod, k, c in table]
+
+
+@pytest.mark.slow
+def test_aot_compile_sm90_sm80():
+    """All 13 SSD kernels for Hopper and Ampere at chunk 256 with bf16 dots (Granite-4.0-H: P 64, N 128), plus
+    the chunk-dependent forward scan and dx kernels at chunk 64 with fp32 (IEEE) dots for sm_90 (~2 s each)."""
+    specs = _ssd_specs(256, 64, 128, True)
+    recs = aot_compile(specs)
+    extra = [s for s in _ssd_specs(64, 64, 128, False)
+             if s["kernel"] in ("_ssd_chunk_scan_fwd_kernel", "_ssd_chunk_scan_chunk_state_bwd_dx_kernel")]
+    recs += aot_compile(extra, archs=(90,))
+    assert_all_compiled(recs)
+    assert len(recs) == 2 * len(specs) + len(extra)
