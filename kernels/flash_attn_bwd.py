@@ -24,17 +24,17 @@ from .flash_attn_fwd import (LOG2E, _block_ranges, _load_tile, _visible, pick_do
 
 @triton.jit
 def _varlen_attn_bwd_preprocess_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_dh,
-                                       T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                                       n_tokens, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[h, t] = sum_d dO[t, h, d] * O[t, h, d] in fp32."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < T) & (offs_d[None, :] < HEAD_DIM)
+    mask = (rows[:, None] < n_tokens) & (offs_d[None, :] < HEAD_DIM)
     r64 = rows[:, None].to(tl.int64)
     o = tl.load(O + r64 * stride_ot + h * stride_oh + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + r64 * stride_dot + h * stride_doh + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + h * stride_dh + rows, tl.sum(o * do, 1), mask=rows < T)
+    tl.store(DELTA + h * stride_dh + rows, tl.sum(o * do, 1), mask=rows < n_tokens)
 
 
 @triton.jit
