@@ -6,8 +6,10 @@ whose update dot products are wanted (update direction). Work is cut into items 
 safetensors tensors are read by row chunks of <= `chunk_elements` elements (so even a 2.7 GB embedding never sits
 in memory whole), DCP tensors whole. Per item and pair we keep only sums, so the merge is exact addition.
 
-Memory per worker for a chunk of n elements: base fp32 + |base| fp32 + new (stored dtype, then fp32 diff in place)
-~ 12-14 n bytes, plus one kept diff per pair in `crosses`. Nothing scales with model size.
+Memory per worker: the item's tensors in their stored dtype (base + new; + the other checkpoints of a cross, 3
+for `direction`), and an fp32 working set of ~9 bytes per element of one sub-range of <= `chunk_elements` (|old|,
+diff, a bool mask). For safetensors an item is itself <= chunk_elements, so peak ~ 13 bytes x chunk_elements for
+bf16 (~55 MB at the 4M default); for DCP an item is a whole tensor in stored dtype. Nothing scales with model size.
 
 Per-element relative change is |w_new - w_old| / |w_old|, computed as a division in fp32; for w_old == 0 it is
 inf when w_new != 0 (counted as changed at every threshold) and nan (0/0, never counted) when w_new == 0. The
@@ -16,6 +18,7 @@ number of zero old elements and of those that changed are returned, so a report 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from prism_fast.analysis.readers import CheckpointReader, cached_reader, open_ch
 DEFAULT_THRESHOLDS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.10)
 # Fields of the per (piece, pair) stats vector; CHANGED_0 + k is the count above thresholds[k].
 NUMEL, OLD_SQ, DIFF_SQ, ZERO_OLD, ZERO_CHANGED, CHANGED_0 = range(6)
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # 8M elements: ~110 MB of working buffers per worker (see module docstring)
+DEFAULT_CHUNK_ELEMENTS = 1 << 22  # 4M elements: ~55 MB of buffers per worker for bf16 (module docstring)
 
 
 @dataclass
@@ -102,56 +105,95 @@ def _plan(readers: list[CheckpointReader], chunk_elements: int, allow_unclassifi
     return pieces, items, skipped
 
 
-def _item_stats(item, readers, pairs, crosses, thresholds):
-    """Stats of one work item: (stats [k, n_pairs, F], cross [k, n_crosses]) for its k pieces, and bytes read."""
+class _Workspace:
+    """Per-process pool of flat buffers, grown on demand and reused by every work item. Fresh 16-64 MB
+    allocations per item made glibc keep freed blocks around (RSS crept up to 2x the working set)."""
+
+    def __init__(self):
+        self.bufs: dict = {}
+
+    def get(self, key, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        b = self.bufs.get(key)
+        if b is None or b.numel() < numel or b.dtype != dtype:
+            self.bufs[key] = None  # free the old one before allocating the bigger one
+            b = self.bufs[key] = torch.empty(numel, dtype=dtype)
+        return b[:numel]
+
+
+_WS = _Workspace()
+
+
+def _sub_ranges(views, chunk):
+    """Split each piece's flat element range into sub-ranges of <= chunk elements: (piece k, lo, hi)."""
+    for k, lo, hi in views:
+        for c0 in range(lo, hi, chunk):
+            yield k, c0, min(hi, c0 + chunk)
+
+
+def _item_stats(item, readers, pairs, crosses, thresholds, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """Stats of one work item: (stats [k, n_pairs, F], cross [k, n_crosses]) for its k pieces, and bytes read.
+
+    Tensors are held in their stored dtype (bf16: 2 bytes/element); fp32 copies exist only for one sub-range of
+    <= chunk_elements at a time, so a whole DCP tensor costs its stored size plus a bounded fp32 working set.
+    """
     name, r0, r1, pieces = item
-    nf = CHANGED_0 + len(thresholds)
-    out = np.zeros((len(pieces), len(pairs), nf))
+    out = np.zeros((len(pieces), len(pairs), CHANGED_0 + len(thresholds)))
     cross_out = np.zeros((len(pieces), len(crosses)))
-    keep = {p for c in crosses for p in c}
-    diffs: dict[int, torch.Tensor] = {}
-    base_i, old, absold = None, None, None
+    keep = {ci for p, q in crosses for ci in (*pairs[p], *pairs[q])}  # checkpoints the crosses re-read
+    native: dict[int, torch.Tensor] = {}
     nbytes = 0
     row_elems = 1
     for s_ in readers[0].shape(name)[1:]:
         row_elems *= s_
     views = [(k, lo * row_elems, hi * row_elems) for k, (_, lo, hi) in enumerate(pieces)]
 
-    def load(ci):
+    def load(ci, slot):
         nonlocal nbytes
-        t = readers[ci].read(name, r0, r1)
-        nbytes += t.numel() * t.element_size()
-        # .float() copies unless already fp32; the read buffer is ours either way, so in-place ops are safe
-        return t.reshape(-1).float()
+        if ci not in native:
+            r = readers[ci]
+            buf = None
+            if r.row_sliceable and ci not in keep:  # pooled read buffer: no allocator churn per item
+                rows = (r1 - r0) if r0 is not None else (r.shape(name)[0] if r.shape(name) else 1)
+                buf = _WS.get(("read", slot), rows * row_elems * r.dtype(name).itemsize, torch.uint8)
+            t = r.read(name, r0, r1, out=buf).reshape(-1)
+            nbytes += t.numel() * t.element_size()
+            native[ci] = (t, None if buf is None else slot)
+        return native[ci][0]
 
     for pi, (bi, ni) in enumerate(pairs):
-        if bi != base_i:
-            base_i, old, absold = bi, None, None  # free the previous base before reading the next
-            old = load(bi)
-            absold = old.abs()
-        diff = load(ni).sub_(old)
-        if pi in keep:
-            diffs[pi] = diff.clone()
-        for k, lo, hi in views:
-            o, d, a = old[lo:hi], diff[lo:hi], absold[lo:hi]
+        # Keep only this pair's base (unless it sits in the "new" slot, which the read below overwrites) and the
+        # cross checkpoints. Pairs are sorted by base, so a dropped base is never needed again.
+        for ci in [c for c, (_, slot) in native.items() if c not in keep and (c != bi or slot == "new")]:
+            del native[ci]
+        base, new = load(bi, "base"), load(ni, "new")
+        for k, lo, hi in _sub_ranges(views, chunk_elements):
+            n = hi - lo
+            # pooled fp32 working set (copy_ converts from the stored dtype); never aliases the native tensors
+            # (mixed-dtype in-place ops allocate a converted temporary: keep every operand fp32)
+            old = _WS.get("a", n, torch.float32).copy_(base[lo:hi])
+            diff = _WS.get("b", n, torch.float32).copy_(new[lo:hi]).sub_(old)
+            absold = old.abs_()
+            mask = _WS.get("mask", n, torch.bool)
             s = out[k, pi]
-            s[NUMEL] = hi - lo
-            s[OLD_SQ] = torch.dot(o, o).item()
-            s[DIFF_SQ] = torch.dot(d, d).item()
-            s[ZERO_OLD] = (hi - lo) - torch.count_nonzero(a).item()
-        ratio = diff.abs_().div_(absold)  # in place: diff is dead after this
-        for k, lo, hi in views:
-            r = ratio[lo:hi]
-            s = out[k, pi]
-            if s[ZERO_OLD]:
-                s[ZERO_CHANGED] = torch.isinf(r).sum().item()
+            s[NUMEL] += n
+            s[DIFF_SQ] += torch.dot(diff, diff).item()
+            s[OLD_SQ] += torch.dot(absold, absold).item()  # ||old||^2 = ||abs(old)||^2
+            n_zero = n - torch.count_nonzero(absold).item()
+            s[ZERO_OLD] += n_zero
+            ratio = diff.abs_().div_(absold)  # in place: diff is dead after this
+            if n_zero:
+                s[ZERO_CHANGED] += torch.count_nonzero(torch.eq(ratio, math.inf, out=mask)).item()
             for t_i, t in enumerate(thresholds):
-                s[CHANGED_0 + t_i] = torch.count_nonzero(r > t).item()
-        del diff, ratio
-    for ci, (p, q) in enumerate(crosses):
-        dp, dq = diffs[p], diffs[q]
-        for k, lo, hi in views:
-            cross_out[k, ci] = torch.dot(dp[lo:hi], dq[lo:hi]).item()
+                # count_nonzero, not .sum(): a bool sum materializes an int64 copy (8 bytes/element)
+                s[CHANGED_0 + t_i] += torch.count_nonzero(torch.gt(ratio, t, out=mask)).item()
+    for c_i, (p, q) in enumerate(crosses):
+        (bp, np_), (bq, nq) = pairs[p], pairs[q]
+        for k, lo, hi in _sub_ranges(views, chunk_elements):
+            n = hi - lo
+            tmp = _WS.get("c", n, torch.float32)  # third fp32 buffer: cross pass only (direction)
+            dp = _WS.get("a", n, torch.float32).copy_(load(np_, "x")[lo:hi]).sub_(tmp.copy_(load(bp, "x")[lo:hi]))
+            dq = _WS.get("b", n, torch.float32).copy_(load(nq, "x")[lo:hi]).sub_(tmp.copy_(load(bq, "x")[lo:hi]))
+            cross_out[k, c_i] += torch.dot(dp, dq).item()
     return out, cross_out, nbytes
 
 
@@ -161,13 +203,12 @@ _CTX = None
 def _worker_init(ctx):
     global _CTX
     torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
-    readers, pairs, crosses, thresholds = ctx
-    _CTX = ([cached_reader(r) for r in readers], pairs, crosses, thresholds)
+    readers, *rest = ctx
+    _CTX = ([cached_reader(r) for r in readers], *rest)
 
 
 def _worker_run(item):
-    readers, pairs, crosses, thresholds = _CTX
-    return _item_stats(item, readers, pairs, crosses, thresholds)
+    return _item_stats(item, *_CTX)
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -217,9 +258,9 @@ def compare(paths, pairs, *, crosses=(), thresholds=DEFAULT_THRESHOLDS, workers:
     inv_order = [inv[i] for i in range(len(pairs))]  # sorted-pair column for each original pair
     if n_workers == 1:
         for item in items:
-            merge(item, _item_stats(item, readers, sorted_pairs, sorted_crosses, thresholds))
+            merge(item, _item_stats(item, readers, sorted_pairs, sorted_crosses, thresholds, chunk_elements))
     else:
-        ctx = (readers, sorted_pairs, sorted_crosses, thresholds)
+        ctx = (readers, sorted_pairs, sorted_crosses, thresholds, chunk_elements)
         with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                     initargs=(ctx,)) as ex:
             futs = {ex.submit(_worker_run, item): item for item in items}

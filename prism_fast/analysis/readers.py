@@ -40,7 +40,8 @@ class CheckpointReader:
     """Uniform read-only view of a checkpoint: names, shapes, dtypes, and reads of whole tensors or row ranges.
 
     read(name, r0, r1) -> tensor of rows [r0, r1) along dim 0 in the stored dtype (whole tensor when r0/r1 are
-    None). `row_sliceable` says whether partial reads avoid reading the whole tensor.
+    None). `row_sliceable` says whether partial reads avoid reading the whole tensor. `out` (uint8) lets a caller
+    reuse one buffer across reads where the format allows it.
     """
 
     row_sliceable = False
@@ -55,7 +56,8 @@ class CheckpointReader:
     def dtype(self, name: str) -> torch.dtype:
         raise NotImplementedError
 
-    def read(self, name: str, r0: int | None = None, r1: int | None = None) -> torch.Tensor:
+    def read(self, name: str, r0: int | None = None, r1: int | None = None, out: torch.Tensor | None = None
+             ) -> torch.Tensor:
         raise NotImplementedError
 
     def nbytes(self, name: str) -> int:
@@ -111,7 +113,8 @@ class SafetensorsReader(CheckpointReader):
     def dtype(self, name):
         return self._entries[name][2]
 
-    def read(self, name, r0=None, r1=None):
+    def read(self, name, r0=None, r1=None, out=None):
+        """out: optional uint8 buffer (>= the bytes asked) to read into, reused by the caller across reads."""
         file, start, dtype, shape = self._entries[name]
         if not shape:  # scalar
             r0, r1, rows_shape = 0, 1, ()
@@ -122,7 +125,8 @@ class SafetensorsReader(CheckpointReader):
         row_bytes = dtype.itemsize
         for s in shape[1:]:
             row_bytes *= s
-        buf = torch.empty((r1 - r0) * row_bytes, dtype=torch.uint8)
+        n = (r1 - r0) * row_bytes
+        buf = torch.empty(n, dtype=torch.uint8) if out is None else out[:n]
         f = self._files.get(file)
         if f is None:
             f = self._files[file] = open(file, "rb", buffering=0)
@@ -176,7 +180,7 @@ class DCPReader(CheckpointReader):
     def dtype(self, name):
         return self._entries[name][1]
 
-    def read(self, name, r0=None, r1=None):
+    def read(self, name, r0=None, r1=None, out=None):  # out ignored: DCP allocates whole tensors
         import warnings
 
         import torch.distributed.checkpoint as dcp
