@@ -257,3 +257,35 @@ def test_meta_build_and_random_init(model_type):
             lo, hi = (1.3, 1.32) if model_type == "granitemoehybrid" else (0.001 - 1e-6, 0.1 + 1e-6)
             assert ((dt >= lo) & (dt <= hi)).all(), dt
             assert torch.equal(mixer.A_log.detach(), torch.log(torch.arange(1.0, mixer.num_heads + 1)))
+
+
+# Paper-scale layouts (Nemotron-H-8B: 52 layers "M-M-...*-..."; Granite-4.0-H-Micro: 40 layers, 4 attention), in
+# the key spellings of released config.json files (remote-code attention_head_dim, the Infinity float tag).
+NEMOTRON_H_8B = {"model_type": "nemotron_h", "hidden_size": 4096, "intermediate_size": 21504,
+                 "hybrid_override_pattern": "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-",
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "attention_head_dim": 128,
+                 "mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8,
+                 "conv_kernel": 4, "expand": 2, "chunk_size": 128, "mlp_hidden_act": "relu2",
+                 "mamba_hidden_act": "silu", "vocab_size": 131072, "num_hidden_layers": 52, "use_bias": False}
+GRANITE_4_H_MICRO = {"model_type": "granitemoehybrid", "hidden_size": 2048, "shared_intermediate_size": 8192,
+                     "num_hidden_layers": 40, "layer_types": (["mamba"] * 9 + ["attention"]) * 4,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "mamba_n_heads": 64, "mamba_d_head": 64,
+                     "mamba_d_state": 128, "mamba_n_groups": 1, "mamba_expand": 2, "num_local_experts": 0,
+                     "position_embedding_type": "nope", "vocab_size": 100352, "tie_word_embeddings": True,
+                     "time_step_limit": [0.0, {"__float__": "Infinity"}]}
+
+
+@pytest.mark.parametrize("d", [NEMOTRON_H_8B, GRANITE_4_H_MICRO], ids=["nemotron_h_8b", "granite_4_h_micro"])
+def test_paper_scale_configs_match_transformers_on_meta(d):
+    """Full-size configs build on the meta device (no memory) with exactly transformers' parameter names/shapes."""
+    from prism_fast.models.config import ModelConfig
+    cfg = ModelConfig.from_hf_dict(d)
+    ours = build_model(cfg, device="meta", dtype=torch.bfloat16)
+    hd = dict(d, time_step_limit=[0.0, float("inf")])
+    hf_cfg = transformers.AutoConfig.for_model(hd.pop("model_type"), **hd)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    want = {_hf_to_ours(k, cfg.model_type): tuple(v.shape) for k, v in hf.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert got == want
+    assert ours.num_params() == sum(p.numel() for p in hf.parameters())
