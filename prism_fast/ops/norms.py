@@ -15,7 +15,7 @@ _VALID = ("torch",)
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Pure-PyTorch reference. x [..., D], weight [D] -> [..., D] in x.dtype (weight promotes as in HF)."""
-    xf = x.float()
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))          # fp32 for 16-bit inputs, fp64 stays fp64
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
 
