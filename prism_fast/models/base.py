@@ -134,8 +134,10 @@ class CausalLM(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
                              f"{tuple(input_ids.shape)}")
 
-    def backbone(self, input_ids, *, position_ids=None, cu_seqlens=None, cache=None, collect=None) -> torch.Tensor:
-        """Embeddings -> blocks -> final norm: [B, T, D]. `collect` (a list) receives each block's input."""
+    def forward_hidden(self, input_ids, *, position_ids=None, cu_seqlens=None, cache=None,
+                       collect=None) -> torch.Tensor:
+        """Embeddings -> blocks -> final norm: [B, T, D]. `collect` (a list) receives each block's input.
+        (Not named `backbone`: nemotron_h's submodule has that name, and a method would shadow it.)"""
         self._check_inputs(input_ids)
         x = self.embed(input_ids)
         ctx = self.make_context(input_ids, position_ids, cu_seqlens, cache, x.dtype)
@@ -154,7 +156,7 @@ class CausalLM(nn.Module):
         """input_ids [B, T] -> logits [B, T, V] (model dtype, logits_scaling applied), or with labels [B, T]
         (already shifted: labels[t] is the target of position t) the loss (and per-token losses [B, T]), or with
         logprobs_of [B, T] the fp32 log-probs [B, T] at `temperature` (and entropy [B, T])."""
-        h = self.backbone(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache)
+        h = self.forward_hidden(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache)
         B, T, D = h.shape
         w = self.lm_head.weight
         if labels is not None:
@@ -184,7 +186,7 @@ class CausalLM(nn.Module):
         """HF output_hidden_states convention: num_hidden_layers + 1 tensors [B, T, D]: the embedding output (after
         the multiplier), the outputs of layers 0..L-2, and the last layer's output AFTER the final norm."""
         collect: list[torch.Tensor] = []
-        h = self.backbone(input_ids, cu_seqlens=cu_seqlens, collect=collect)
+        h = self.forward_hidden(input_ids, cu_seqlens=cu_seqlens, collect=collect)
         return collect + [h]
 
     # ---- inference cache ----

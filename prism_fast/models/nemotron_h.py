@@ -161,18 +161,9 @@ class NemotronHBlock(nn.Module):
         return self.mixer.new_cache(batch_size, max_seq_len, dtype, device)
 
 
-class NemotronHForCausalLM(CausalLM):
-    """CausalLM whose backbone submodule is named `backbone`, which is also the name of CausalLM's backbone()
-    method: the method wins attribute lookup, so the submodule is reached through _modules here."""
-
-    @property
-    def backbone_module(self) -> nn.Module:
-        return self._modules[self._prefix]
-
-
 def build(cfg: ModelConfig) -> CausalLM:
     """Nemotron-H causal LM with the released checkpoint names (backbone.embeddings, backbone.layers,
     backbone.norm_f, lm_head)."""
     blocks = [NemotronHBlock(cfg, i) for i in range(cfg.num_hidden_layers)]
-    return NemotronHForCausalLM(cfg, blocks, prefix="backbone", embed_name="embeddings", norm_name="norm_f",
+    return CausalLM(cfg, blocks, prefix="backbone", embed_name="embeddings", norm_name="norm_f",
                     norm=NemotronHRMSNorm(cfg.hidden_size, cfg.rms_norm_eps))

@@ -289,3 +289,11 @@ def test_paper_scale_configs_match_transformers_on_meta(d):
     got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert got == want
     assert ours.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+def test_nemotron_backbone_submodule_reachable_by_name():
+    """`backbone.*` names must resolve by getattr (DCP's get_model_state_dict walks FQNs that way)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    model = build_model(tiny_config("nemotron_h"))
+    assert model.backbone is model.backbone_module
+    assert set(get_model_state_dict(model)) == set(model.state_dict())
