@@ -12,17 +12,32 @@ namespace prism_data {
 
 void build_blended_index(const double* weights, int64_t num_sources, int64_t num_samples, int16_t* source,
                          int64_t* source_sample) {
+  // Tijdeman's chairman assignment (see blended_index in prism_fast/ops/data_index.py): earliest deadline
+  // first over the released sources keeps |count_j - w_j n| <= 1 - delta after every prefix.
   std::vector<int64_t> counts(num_sources, 0);
+  const double delta = num_sources > 1 ? 1.0 / static_cast<double>(2 * num_sources - 2) : 0.5;
   for (int64_t i = 0; i < num_samples; ++i) {
-    // The source furthest below its target share wins; ties go to the lowest index (strict >).
     const double n = static_cast<double>(i + 1);
-    int64_t best = 0;
-    double best_err = weights[0] * n - static_cast<double>(counts[0]);
-    for (int64_t j = 1; j < num_sources; ++j) {
-      const double err = weights[j] * n - static_cast<double>(counts[j]);
-      if (err > best_err) {
-        best = j;
-        best_err = err;
+    int64_t best = -1;
+    double best_deadline = 0.0;
+    for (int64_t j = 0; j < num_sources; ++j) {
+      if (weights[j] > 0.0 && weights[j] * n - static_cast<double>(counts[j]) >= delta) {
+        const double deadline = (static_cast<double>(counts[j] + 1) - delta) / weights[j];
+        if (best < 0 || deadline < best_deadline) {
+          best = j;
+          best_deadline = deadline;
+        }
+      }
+    }
+    if (best < 0) {  // only reachable through float rounding: largest deficit (Megatron's rule)
+      best = 0;
+      double best_err = weights[0] * n - static_cast<double>(counts[0]);
+      for (int64_t j = 1; j < num_sources; ++j) {
+        const double err = weights[j] * n - static_cast<double>(counts[j]);
+        if (err > best_err) {
+          best = j;
+          best_err = err;
+        }
       }
     }
     source[i] = static_cast<int16_t>(best);

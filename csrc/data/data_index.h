@@ -7,7 +7,7 @@
 
 namespace prism_data {
 
-// Megatron-style greedy blending. weights: normalized, size S. Fills source (int16) and source_sample (int64),
+// Exact blending (Tijdeman chairman assignment, earliest deadline first). weights: normalized, size S. Fills source (int16) and source_sample (int64),
 // both of size num_samples.
 void build_blended_index(const double* weights, int64_t num_sources, int64_t num_samples, int16_t* source,
                          int64_t* source_sample);

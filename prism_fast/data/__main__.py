@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "prepare":
-            from prism_fast.data.prepare import prepare
+            from prism_fast.data.prepare_shards import prepare
 
             meta = prepare(args.input, args.tokenizer, args.out, domain=args.domain, fmt=args.format,
                            workers=args.workers, skip_bad=args.skip_bad, text_field=args.text_field,

@@ -5,8 +5,9 @@ packing index. Each has a C++ implementation (csrc/data, module prism_fast._nati
 Unusual for prism_fast.ops: these are numpy (host) ops, not torch ops. They live here because ops/ is the only
 layer that calls csrc/ (DESIGN section 1). Backends: "native" (C++, default when the module imports) and "python".
 
-Float determinism: the blended index compares float64 errors `w[j] * (i + 1) - count[j]`; C++ is compiled with
--ffp-contract=off so no FMA changes a rounding, and Python floats are IEEE doubles, so both pick the same source.
+Float determinism: the blended index compares float64 expressions (`w[j] * n - count[j]`, `(count[j] + 1 - delta)
+/ w[j]`) in the same order in both; C++ is compiled with -ffp-contract=off so no FMA changes a rounding, and
+Python floats are IEEE doubles, so both pick the same source.
 """
 from __future__ import annotations
 
@@ -54,17 +55,25 @@ def blended_index_ref(weights: np.ndarray, num_samples: int) -> tuple[np.ndarray
     """Pure-Python twin of `blended_index` (same arguments and results)."""
     w = _check_weights(weights).tolist()
     n_src = len(w)
+    delta = 1.0 / (2 * n_src - 2) if n_src > 1 else 0.5
     counts = [0] * n_src
     src = np.empty(num_samples, dtype=np.int16)
     sample = np.empty(num_samples, dtype=np.int64)
     for i in range(num_samples):
-        # Megatron's greedy rule: the source furthest below its target share wins; ties go to the lowest index.
         n = float(i + 1)
-        best, best_err = 0, w[0] * n - counts[0]
-        for j in range(1, n_src):
-            err = w[j] * n - counts[j]
-            if err > best_err:
-                best, best_err = j, err
+        # Earliest deadline first over the released sources (Tijdeman's chairman assignment).
+        best, best_deadline = -1, 0.0
+        for j in range(n_src):
+            if w[j] > 0.0 and w[j] * n - counts[j] >= delta:
+                deadline = (counts[j] + 1 - delta) / w[j]
+                if best < 0 or deadline < best_deadline:
+                    best, best_deadline = j, deadline
+        if best < 0:  # only reachable through float rounding: fall back to the largest deficit (Megatron rule)
+            best, best_err = 0, w[0] * n - counts[0]
+            for j in range(1, n_src):
+                err = w[j] * n - counts[j]
+                if err > best_err:
+                    best, best_err = j, err
         src[i] = best
         sample[i] = counts[best]
         counts[best] += 1
@@ -73,12 +82,19 @@ def blended_index_ref(weights: np.ndarray, num_samples: int) -> tuple[np.ndarray
 
 def blended_index(weights: np.ndarray, num_samples: int, *,
                   backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Blend sources by weight exactly (Megatron `build_blending_indices`).
+    """Blend sources by weight exactly: a deterministic interleaving in which, after ANY prefix of n samples,
+    every source's count c_j(n) satisfies |c_j(n) - w_j n| <= 1 - 1 / (2S - 2) < 1.
+
+    Why not Megatron's greedy `build_blending_indices` (pick the largest deficit w_j n - c_j): its deficits can
+    exceed one sample with many sources (we measured 1.03 with 7 random weights). This is Tijdeman's solution of
+    the chairman assignment problem (1980): the k-th sample of source j is released once w_j n - (k - 1) >=
+    delta = 1 / (2S - 2) and is due at n = (k - delta) / w_j; at each step the released source with the
+    earliest due time wins (ties: lowest index). Online, so the result for N is a prefix of the result for any
+    larger N (it can be extended lazily).
 
     weights: float [S] (normalized here). num_samples: N.
     Returns (source int16 [N], source_sample int64 [N]): sample i is the source_sample[i]-th sample of source
-    source[i]. After any prefix of n samples, each source's count differs from weight * n by less than one.
-    The result for N is a prefix of the result for any larger N (so it can be extended lazily).
+    source[i].
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")

@@ -43,7 +43,7 @@ def default_corpus(tokenizer_path: str | os.PathLike | None = None, out_dir: str
                    *, workers: int = 1, val_fraction: float = 0.02):
     """Prepare the bundled corpora into `out_dir/<source>` shards and return their Mixture."""
     from prism_fast.data.mixture import Mixture, Source
-    from prism_fast.data.prepare import prepare, tokenizer_info
+    from prism_fast.data.prepare_shards import prepare, tokenizer_info
     from prism_fast.data.shards import file_sha256, open_shard
 
     tok = str(tokenizer_path) if tokenizer_path is not None else bundled_tokenizer_path()

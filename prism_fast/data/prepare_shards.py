@@ -26,7 +26,7 @@ from prism_fast.data.readers import BadInputError, FORMATS, input_kind, read_doc
 from prism_fast.data.shards import ShardWriter, token_dtype
 
 _BATCH_DOCS = 256
-_BATCH_CHARS = 1 << 20
+_BATCH_CHARS = 1 << 18  # ~60k tokens: keeps the transient Encoding objects (~100 B/token) small
 
 
 # ------------------------------------------------------------------------------------------------ tokenizers
@@ -54,16 +54,28 @@ def tokenizer_info(tokenizer, eos_token: str | None = None) -> dict:
     (GGUF or directory): sha256 over the model (vocab + merges), added tokens, normalizer and pre-tokenizer."""
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(str(tokenizer))
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    core = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
-    core["added_tokens"] = sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []))
-    fp = hashlib.sha256(json.dumps(core, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+    _, fp = _serialized(tokenizer)
     eos = eos_token if eos_token is not None else tokenizer.eos_token
     eos_id = tokenizer.convert_tokens_to_ids(eos) if eos is not None else None
     if eos_id is None or eos_id == tokenizer.unk_token_id and eos != tokenizer.unk_token:
         raise ValueError(f"tokenizer has no EOS token {eos!r}; pass --eos-token")
     return {"name": str(getattr(tokenizer, "name_or_path", "")), "fingerprint": fp, "vocab_size": len(tokenizer),
             "eos_token": eos, "eos_token_id": int(eos_id)}
+
+
+def _serialized(tokenizer) -> tuple[str, str]:
+    """(backend JSON, fingerprint), cached on the tokenizer object: serializing + hashing a 50k-token BPE takes
+    about a second."""
+    cached = getattr(tokenizer, "_prism_serialized", None)
+    if cached is None:
+        tok_json = tokenizer.backend_tokenizer.to_str()
+        spec = json.loads(tok_json)
+        core = {k: spec.get(k) for k in ("model", "normalizer", "pre_tokenizer")}
+        core["added_tokens"] = sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []))
+        fp = hashlib.sha256(json.dumps(core, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+        cached = (tok_json, fp)
+        tokenizer._prism_serialized = cached
+    return cached
 
 
 def tokenizer_fingerprint(path_or_tokenizer) -> str:
@@ -120,7 +132,7 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     files = source_files(list(inputs))
     tok = load_tokenizer(str(tokenizer))
     info = tokenizer_info(tok, eos_token)
-    tok_json = tok.backend_tokenizer.to_str()
+    tok_json, _ = _serialized(tok)
     with_mask = fmt in ("chat", "qa")
     writer = ShardWriter(out_dir, token_dtype(info["vocab_size"]), with_mask)
     skipped: dict | None = {} if skip_bad else None
