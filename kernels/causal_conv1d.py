@@ -115,10 +115,10 @@ def _blocks(C, T):
     return max(16, min(64, triton.next_power_of_2(C))), bt
 
 
-def causal_conv1d_fwd(x, weight, bias, seq_idx, silu):
-    """x [B, C, T] (any strides), weight [C, W] contiguous, bias [C] or None, seq_idx [B, T] int32 or None."""
+def causal_conv1d_fwd(x, weight, bias, seq_idx, silu, out):
+    """x [B, C, T] (any strides), weight [C, W] contiguous, bias [C] or None, seq_idx [B, T] int32 or None;
+    writes out [B, C, T] (any strides) and returns it."""
     Bsz, C, T = x.shape
-    out = torch.empty(Bsz, C, T, device=x.device, dtype=x.dtype)
     bc, bt = _blocks(C, T)
     s = seq_idx if seq_idx is not None else x.new_zeros(1, 1, dtype=torch.int32)
     _causal_conv1d_fwd_kernel[(triton.cdiv(T, bt), triton.cdiv(C, bc), Bsz)](
@@ -129,13 +129,12 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, silu):
     return out
 
 
-def causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu):
-    """Returns (dx [B, C, T] x.dtype, dweight [C, W] fp32, dbias [C] fp32 or None)."""
+def causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, dx):
+    """Writes dx [B, C, T] (any strides); returns (dx, dweight [C, W] fp32, dbias [C] fp32 or None)."""
     Bsz, C, T = x.shape
     W = weight.shape[1]
     bc, bt = _blocks(C, T)
     n_tblk = triton.cdiv(T, bt)
-    dx = torch.empty(Bsz, C, T, device=x.device, dtype=x.dtype)
     dw_part = torch.empty(Bsz, n_tblk, C, W, device=x.device, dtype=torch.float32)
     db_part = torch.empty(Bsz, n_tblk, C, device=x.device, dtype=torch.float32) if bias is not None else dw_part
     s = seq_idx if seq_idx is not None else x.new_zeros(1, 1, dtype=torch.int32)

@@ -35,6 +35,15 @@ PRISM_API int prism_conv1d_update(int dtype, const void* x, void* conv_state, co
                                   int64_t cs_sb, int64_t cs_sc, int64_t cs_sk, int64_t o_sb, int64_t o_sc,
                                   int silu, void* stream);
 
+// CPU emulation of the fwd (backward = 0) / bwd (backward = 1) kernels, fp32 only, for tests on machines without a
+// GPU: runs the kernels' own per-thread code with the channels-first (layout 0) or channels-last (layout 1) launch
+// shape. For the forward, dout / g_* / partials are unused and `out` is the output; for the backward, `out` is dx.
+PRISM_API int prism_conv1d_host(int backward, int layout, const float* x, const float* weight, const float* bias,
+                                const int32_t* seq_idx, const float* dout, float* out, float* dweight_part,
+                                float* dbias_part, int B, int C, int T, int W, int64_t x_sb, int64_t x_sc,
+                                int64_t x_st, int64_t g_sb, int64_t g_sc, int64_t g_st, int64_t o_sb, int64_t o_sc,
+                                int64_t o_st, int64_t s_sb, int64_t s_st, int silu_on);
+
 PRISM_API int prism_cuda_device_count(int* count);
 PRISM_API const char* prism_cuda_error_string(int err);
 

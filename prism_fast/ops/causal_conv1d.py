@@ -95,6 +95,15 @@ def _check_rc(lib, rc, what):
         raise RuntimeError(f"{what}: CUDA error {rc}: {lib.prism_cuda_error_string(rc).decode()}")
 
 
+def _empty_like_layout(x):
+    """Empty [B, C, T] in x's layout: channels-last (stride over C == 1: the Mamba2 mixer passes a transposed
+    [B, T, C] view) or channels-first, so the caller's later [B, T, C] views stay copy-free."""
+    Bsz, C, T = x.shape
+    if x.stride(1) == 1 and T > 1:
+        return torch.empty(Bsz, T, C, device=x.device, dtype=x.dtype).transpose(1, 2)
+    return torch.empty(Bsz, C, T, device=x.device, dtype=x.dtype)
+
+
 def _ptr(t):
     return t.data_ptr() if t is not None else None
 
@@ -106,7 +115,7 @@ def _stream(x):
 def _conv_fwd_cuda(x, weight, bias, seq_idx, silu):
     lib = _need_cuda(x, weight)
     Bsz, C, T = x.shape
-    out = torch.empty(Bsz, C, T, device=x.device, dtype=x.dtype)
+    out = _empty_like_layout(x)
     s_st = seq_idx.stride() if seq_idx is not None else (0, 0)
     rc = lib.prism_conv1d_fwd(_DTYPE_CODE[x.dtype], _ptr(x), _ptr(weight), _ptr(bias), _ptr(seq_idx), _ptr(out),
                               Bsz, C, T, weight.shape[1], *x.stride(), *out.stride(), *s_st, int(silu), _stream(x))
@@ -120,7 +129,7 @@ def _conv_bwd_cuda(dout, x, weight, bias, seq_idx, silu):
     W = weight.shape[1]
     blk = lib.prism_conv1d_bwd_block_t()
     n_blk = -(-T // blk)
-    dx = torch.empty(Bsz, C, T, device=x.device, dtype=x.dtype)
+    dx = _empty_like_layout(x)
     dw_part = torch.empty(Bsz, n_blk, C, W, device=x.device, dtype=torch.float32)
     db_part = torch.empty(Bsz, n_blk, C, device=x.device, dtype=torch.float32) if bias is not None else None
     s_st = seq_idx.stride() if seq_idx is not None else (0, 0)
@@ -158,7 +167,7 @@ class CausalConv1dFn(torch.autograd.Function):
             out = _conv_fwd_cuda(x, weight, bias, seq_idx, silu)
         else:
             from prism_fast.kernels.causal_conv1d import causal_conv1d_fwd
-            out = causal_conv1d_fwd(x, weight, bias, seq_idx, silu)
+            out = causal_conv1d_fwd(x, weight, bias, seq_idx, silu, _empty_like_layout(x))
         ctx.save_for_backward(x, weight, bias, seq_idx)
         ctx.cfg = (silu, backend)
         return out
@@ -171,7 +180,7 @@ class CausalConv1dFn(torch.autograd.Function):
             dx, dw, db = _conv_bwd_cuda(dout, x, weight, bias, seq_idx, silu)
         else:
             from prism_fast.kernels.causal_conv1d import causal_conv1d_bwd
-            dx, dw, db = causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu)
+            dx, dw, db = causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, _empty_like_layout(x))
         return dx, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else None), None, None, None
 
 

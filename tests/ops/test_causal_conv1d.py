@@ -1,8 +1,9 @@
 """causal_conv1d: Triton kernels (interpreter on CPU) vs the torch reference, and the CUDA library's build/ABI.
 
 The CUDA kernels cannot run here (no GPU); this file checks that the library was built whenever nvcc exists,
-exports the C symbols the ctypes loader binds, loads without a driver (static CUDA runtime) and that calling it
-without a GPU raises a clear RuntimeError. Numerics of the CUDA path: tests/gpu/test_ssm_gpu.py.
+exports the C symbols the ctypes loader binds, loads without a driver (static CUDA runtime), that calling it
+without a GPU raises a clear RuntimeError, and runs the kernels' own per-thread code (compiled for the host,
+prism_conv1d_host) in both launch shapes against the reference. Numerics of the CUDA path: tests/gpu/test_ssm_gpu.py.
 """
 import ctypes
 import inspect
@@ -93,10 +94,54 @@ def test_user_errors():
 
 
 _SYMBOLS = ("prism_conv1d_fwd", "prism_conv1d_bwd", "prism_conv1d_bwd_block_t", "prism_conv1d_update",
-            "prism_cuda_device_count", "prism_cuda_error_string")
+            "prism_conv1d_host", "prism_cuda_device_count", "prism_cuda_error_string")
+_NEEDS_LIB = pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit: the library is not built")
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit: the library is not built")
+def _host_conv(backward, layout, x, w, b, seq, dout, silu):
+    """Run the CUDA kernels' per-thread code on the CPU (prism_conv1d_host) -> out or (dx, dweight, dbias)."""
+    lib = _cuda_lib()
+    f = lib.prism_conv1d_host
+    f.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 8 + [ctypes.c_int] * 4 + [ctypes.c_int64] * 11 + [
+        ctypes.c_int]
+    Bsz, C, T = x.shape
+    W = w.shape[1]
+    out = torch.empty(Bsz, T, C).transpose(1, 2) if layout == 1 else torch.empty(Bsz, C, T)
+    nblk = -(-T // lib.prism_conv1d_bwd_block_t())
+    dw, db = torch.zeros(Bsz, nblk, C, W), torch.zeros(Bsz, nblk, C)
+    g = dout if dout is not None else out
+    s_st = seq.stride() if seq is not None else (0, 0)
+    ptr = lambda t: t.data_ptr() if t is not None else None  # noqa: E731
+    f(int(backward), layout, ptr(x), ptr(w), ptr(b), ptr(seq), ptr(dout), ptr(out), ptr(dw), ptr(db),
+      Bsz, C, T, W, *x.stride(), *g.stride(), *out.stride(), *s_st, int(silu))
+    return (out, dw.sum((0, 1)), db.sum((0, 1))) if backward else out
+
+
+@_NEEDS_LIB
+@pytest.mark.parametrize("W", [2, 3, 4])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_cuda_kernel_code_on_host(W, layout):
+    """The CUDA kernels' segment functions (both launch shapes) vs the reference, fwd and bwd, with documents
+    and T = 300 > one 128-step block (window carried across block borders in the channels-last shape)."""
+    Bsz, C, T = 2, 5, 300
+    g = torch.Generator().manual_seed(10 + W)
+    x = torch.randn(Bsz, T, C, generator=g).transpose(1, 2) if layout else torch.randn(Bsz, C, T, generator=g)
+    w, b, dout = torch.randn(C, W, generator=g), torch.randn(C, generator=g), torch.randn(Bsz, C, T, generator=g)
+    seq = torch.zeros(Bsz, T, dtype=torch.int32)
+    seq[0, 1:], seq[0, 127:], seq[0, 129:], seq[1, 200:] = 1, 2, 3, 4
+    for s in (None, seq):
+        for silu in (False, True):
+            act = "silu" if silu else None
+            leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+            ref = causal_conv1d_ref(*leaves, seq_idx=s, activation=act)
+            rgrads = torch.autograd.grad(ref, leaves, dout)
+            _assert_close("out", _host_conv(False, layout, x, w, b, s, None, silu), ref, 1e-5, 1e-5)
+            for name, got, want in zip(("dx", "dweight", "dbias"), _host_conv(True, layout, x, w, b, s, dout, silu),
+                                       rgrads):
+                _assert_close(name, got, want, 1e-4, 1e-5)
+
+
+@_NEEDS_LIB
 def test_cuda_library_built_and_exports_c_abi():
     libs = [Path(d) / "libprism_cuda.so" for d in prism_fast.__path__ if (Path(d) / "libprism_cuda.so").exists()]
     assert libs, f"nvcc is present but libprism_cuda.so is missing from {prism_fast.__path__}: rebuild"
@@ -108,7 +153,7 @@ def test_cuda_library_built_and_exports_c_abi():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit: the library is not built")
+@_NEEDS_LIB
 def test_cuda_backend_without_gpu_says_it_needs_one():
     lib = _cuda_lib()
     n = ctypes.c_int(-1)
