@@ -76,7 +76,8 @@ def _peak_rss_mb() -> dict:
 
 
 def run(args) -> dict:
-    from prism_fast.analysis import cka, landscape, weights
+    from prism_fast.analysis import cka, weights
+    from prism_fast.analysis.landscape import landscape
 
     progress = not args.no_progress
     if args.command in ("weights", "direction", "trajectory"):
@@ -99,9 +100,9 @@ def run(args) -> dict:
                                resample_size=args.resample_size, max_tokens=args.max_tokens, seed=args.seed,
                                tokenizer=args.tokenizer, loader=args.loader, progress=progress)
     grid = {k: v for k, v in (("alphas", args.alphas), ("betas", args.betas)) if v}
-    return landscape.landscape(args.base, args.mt, args.rl, score_fn=args.score, eval_file=args.eval,
-                               num_eval=args.num_eval, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
-                               loader=args.loader, progress=progress, **grid)
+    return landscape(args.base, args.mt, args.rl, score_fn=args.score, eval_file=args.eval, num_eval=args.num_eval,
+                     max_tokens=args.max_tokens, tokenizer=args.tokenizer, loader=args.loader, progress=progress,
+                     **grid)
 
 
 def main(argv=None) -> dict:

@@ -101,7 +101,7 @@ def plot_cka(r: dict, out: Path) -> list[Path]:
                 yerr=[r["distributions"][k]["min_cka_std"] for k in names], capsize=4)
     axes[1].set_ylabel("min-over-layers CKA (bootstrap mean +- std)")
     lo = min(r["distributions"][k]["min_cka_mean"] - 2 * r["distributions"][k]["min_cka_std"] for k in names)
-    axes[1].set_ylim(max(0.0, lo), 1.0)
+    axes[1].set_ylim(max(0.0, min(lo, 0.999)), 1.0 + 1e-4)  # identical models: avoid a zero-height range
     return [_save(fig, out / "cka.png")]
 
 

@@ -17,10 +17,12 @@ def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
-import torch, numpy, tqdm, matplotlib, prism_fast.analysis.cli as cli, prism_fast.analysis  # all imports first
+import runpy, torch, numpy, tqdm, matplotlib, prism_fast.analysis.cli, prism_fast.analysis  # imports first
 torch.ones(1000).sum()
 base = hwm()
-res = cli.main(sys.argv[1:])
+sys.argv = ["prism_fast.analyze", *sys.argv[1:]]
+runpy.run_module("prism_fast.analyze", run_name="__main__")  # = python -m prism_fast.analyze ...
+res = json.load(open(sys.argv[sys.argv.index("--out") + 1] + "/weights.json"))
 print(json.dumps({"baseline_mb": base, "peak_mb": hwm(), "bytes_read": res["bytes_read"]}))
 """
 
