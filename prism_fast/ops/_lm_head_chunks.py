@@ -11,15 +11,16 @@ from __future__ import annotations
 import torch
 
 # Memory budget for the per-chunk [C, V] temporaries.
-#   torch backend: the GEMM output (4 B/elem when fp32), plus one fp32 working copy and one fp32 temporary of
-#     logsumexp/exp -> budget 12 B per logit. 256 MiB at V = 49152 gives C = 448 rows (19 chunks at N = 8192).
+#   torch backend: works in place on one fp32 [C, V] buffer (the GEMM output itself when fp32; a fp32 copy of
+#     the 16-bit GEMM output otherwise), the entropy path adds one fp32 temporary -> budget 8 B per logit.
+#     256 MiB at V = 49152 gives C = 640 rows (13 chunks at N = 8192).
 #   triton backend: only the GEMM output in the compute dtype (2 B for bf16); the Triton kernel rewrites it in
 #     place with dlogits. 512 MiB at V = 128256 gives C = 2048 rows: M = 2048 keeps the three GEMMs large
 #     enough for cuBLAS to run near peak, and the 16 chunks of N = 32k rows add only 16 x 3 GEMM launches.
 #   Compared with unfused bf16 logits + their fp32 upcast at N = 32k, V = 128k (8.4 + 16.8 GB, more in
 #   backward), the fused peak is dominated by the fp32 dW buffer (V * D * 4 B = 2.1 GB at D = 4096).
 TORCH_CHUNK_BYTES = 256 << 20
-TORCH_BYTES_PER_LOGIT = 12
+TORCH_BYTES_PER_LOGIT = 8
 TRITON_CHUNK_BYTES = 512 << 20
 MAX_CHUNK_ROWS = 32768
 

@@ -56,23 +56,28 @@ def _ce_chunk_torch(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
     """Pure-PyTorch twin of kernels.fused_linear_cross_entropy.flce_chunk.
 
     logits [C, V] (any float dtype), labels [C]; grad None, [1] or [C] fp32.
-    Returns (loss [C] fp32, lse [C] fp32, dlogits [C, V] fp32 or None). Reuses `logits` when it is fp32.
+    Returns (loss [C] fp32, lse [C] fp32, dlogits [C, V] fp32 or None). Works in place on one fp32 [C, V]
+    buffer (`logits` itself when it is fp32): max, exp(x - max) in place, row sums; torch.logsumexp would
+    allocate a second [C, V] temporary and exponentiate twice.
     """
     x = logits.float()
     if logit_scale != 1.0:
         x.mul_(logit_scale)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
-    lse = torch.logsumexp(x, dim=-1)
+    m = x.amax(dim=-1, keepdim=True)                                                         # [C, 1]
     tgt = x.gather(1, safe).squeeze(1)
+    s = x.sub_(m).exp_().sum(dim=-1, keepdim=True)                                         # x <- exp(x - m)
+    lse = (m + s.log()).squeeze(1)
     zero = torch.zeros((), device=x.device)
     loss = torch.where(valid, lse - tgt + z_loss * lse * lse, zero)
+    lse = torch.where(valid, lse, zero)
     if grad is None:
-        return loss, torch.where(valid, lse, zero), None
+        return loss, lse, None
     g = torch.where(valid, grad.expand(valid.shape).float(), zero) * logit_scale            # [C]
-    x.sub_(lse.unsqueeze(1)).exp_().mul_(((1.0 + 2.0 * z_loss * lse) * g).unsqueeze(1))     # p (1 + 2 z lse) g s
+    x.mul_(((1.0 + 2.0 * z_loss * lse) * g).unsqueeze(1) / s)                               # p (1 + 2 z lse) g s
     x.scatter_add_(1, safe, (-g).unsqueeze(1))                                              # - [j == t] g s
-    return loss, torch.where(valid, lse, zero), x
+    return loss, lse, x
 
 
 def _ce_chunk_triton(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
@@ -106,13 +111,14 @@ def _flce_chunks(hidden, weight, labels, *, impl, ignore_index, logit_scale, z_l
         logits = h_c @ weight.t()                                                        # [C, V], the only one
         loss[s:e], _, dl = chunk_fn(logits, labels[s:e], g_c, ignore_index=ignore_index,
                                     logit_scale=logit_scale, z_loss=z_loss)
-        del logits
         if with_grad:
             dl = dl.to(cdt)
             if dh is not None:
                 torch.mm(dl, weight, out=dh[s:e])
             if dw is not None:
                 addmm_fp32_(dw, dl.t(), h_c)
+        # Drop this chunk's buffers before the next GEMM allocates its own (else 2 chunks would be alive).
+        del logits, dl
     return loss, dh, dw
 
 

@@ -37,16 +37,26 @@ def fused_linear_logprobs_ref(hidden, weight, tokens, *, temperature=1.0, return
 
 
 def _lp_fwd_chunk_torch(logits, tokens, *, inv_temperature, return_entropy):
-    """Torch twin of kernels.fused_linear_logprobs.fllp_fwd_chunk: (logp [C], entropy [C] or None, lse [C])."""
+    """Torch twin of kernels.fused_linear_logprobs.fllp_fwd_chunk: (logp [C], entropy [C] or None, lse [C]).
+
+    Same statistics as the kernel, on the shifted row y = x - max (y <= 0): s = sum e^y, t = sum e^y y,
+    logp = y_tok - log s, entropy = log s - t / s (>= 0 since t <= 0 and s >= 1).
+    """
     x = logits.float().mul_(inv_temperature)                      # a copy unless logits is fp32 (ours anyway)
-    lse = torch.logsumexp(x, dim=-1)
-    logp = (x.gather(1, tokens.unsqueeze(1)).squeeze(1) - lse).clamp_(max=0.0)
+    m = x.amax(dim=-1, keepdim=True)
+    y = x.sub_(m)
+    y_tok = y.gather(1, tokens.unsqueeze(1)).squeeze(1)
     ent = None
     if return_entropy:
-        x.sub_(lse.unsqueeze(1))                                   # log p, in place
-        # -sum p log p: every term is >= 0, so the sum is >= 0 without a clamp; rounding can exceed log V.
-        ent = x.exp().mul_(x).sum(-1).neg_().clamp_(max=math.log(x.shape[1]))
-    return logp, ent, lse
+        e = y.exp()
+        s = e.sum(-1)
+        t = torch.bmm(e.unsqueeze(1), y.unsqueeze(2)).reshape(-1)   # row dot products, no [C, V] product
+        log_s = s.log()
+        ent = (log_s - t / s).clamp_(min=0.0, max=math.log(y.shape[1]))
+    else:
+        log_s = y.exp_().sum(-1).log()
+    logp = (y_tok - log_s).clamp_(max=0.0)
+    return logp, ent, m.squeeze(1) + log_s
 
 
 def _lp_bwd_chunk_torch(logits, tokens, lse, ent, g_logp, g_ent, *, inv_temperature):
@@ -91,6 +101,7 @@ def _fllp_fwd(hidden, weight, tokens, *, impl, inv_temperature, return_entropy, 
         logp[s:e], lse[s:e] = lp_c, lse_c
         if return_entropy:
             ent[s:e] = ent_c
+        del logits
     return logp, ent, lse
 
 
@@ -113,6 +124,7 @@ def _fllp_bwd(hidden, weight, tokens, lse, ent, g_logp, g_ent, *, impl, inv_temp
             torch.mm(dl, weight, out=dh[s:e])
         if dw is not None:
             addmm_fp32_(dw, dl.t(), h_c)
+        del logits, dl                         # before the next chunk's GEMM: one chunk alive at a time
     return dh, dw
 
 

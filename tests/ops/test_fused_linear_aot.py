@@ -1,0 +1,45 @@
+"""Ahead-of-time compile of the fused-loss Triton kernels for sm_90 (H100/H200) and sm_80 (A100), on CPU.
+
+Covers every kernel with the launch configuration the launchers use (BLOCK_V, num_warps) in bf16 (the GPU
+training dtype), plus fp32/fp16 logits and both values of each HAS_*/RETURN_* switch.
+"""
+from prism_fast.kernels import fused_linear_cross_entropy as kce
+from prism_fast.kernels import fused_linear_logprobs as klp
+from tests.aot_util import aot_compile, assert_all_compiled
+
+
+def _ce_spec(dtype, has_grad):
+    return {"module": "prism_fast.kernels.fused_linear_cross_entropy", "kernel": "_flce_chunk_kernel",
+            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Labels_ptr": "*i64",
+                          "Loss_ptr": "*fp32", "Lse_ptr": "*fp32", "G_ptr": "*fp32", "G_stride": "i32",
+                          "V": "i32", "ignore_index": "i32", "logit_scale": "fp32", "z_loss": "fp32",
+                          "HAS_GRAD": "constexpr", "BLOCK": "constexpr"},
+            "constexprs": {"HAS_GRAD": has_grad, "BLOCK": kce.BLOCK_V}, "num_warps": kce.NUM_WARPS}
+
+
+def _lp_fwd_spec(dtype, ent):
+    return {"module": "prism_fast.kernels.fused_linear_logprobs", "kernel": "_fllp_fwd_kernel",
+            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Tokens_ptr": "*i64",
+                          "Logp_ptr": "*fp32", "Ent_ptr": "*fp32", "Lse_ptr": "*fp32", "V": "i32",
+                          "inv_temperature": "fp32", "log_v": "fp32", "RETURN_ENTROPY": "constexpr",
+                          "BLOCK": "constexpr"},
+            "constexprs": {"RETURN_ENTROPY": ent, "BLOCK": klp.BLOCK_V}, "num_warps": klp.NUM_WARPS}
+
+
+def _lp_bwd_spec(dtype, ent):
+    return {"module": "prism_fast.kernels.fused_linear_logprobs", "kernel": "_fllp_bwd_kernel",
+            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Tokens_ptr": "*i64",
+                          "Lse_ptr": "*fp32", "Ent_ptr": "*fp32", "GLogp_ptr": "*fp32", "GEnt_ptr": "*fp32",
+                          "V": "i32", "inv_temperature": "fp32", "HAS_ENT_GRAD": "constexpr",
+                          "BLOCK": "constexpr"},
+            "constexprs": {"HAS_ENT_GRAD": ent, "BLOCK": klp.BLOCK_V}, "num_warps": klp.NUM_WARPS}
+
+
+def test_fused_loss_kernels_compile_for_hopper_and_ampere():
+    specs = [_ce_spec("bf16", True), _ce_spec("fp32", False), _lp_fwd_spec("bf16", True),
+             _lp_fwd_spec("fp16", False), _lp_bwd_spec("bf16", True), _lp_bwd_spec("fp32", False)]
+    records = aot_compile(specs, archs=(90, 80))
+    assert_all_compiled(records)
+    assert len(records) == 2 * len(specs)
+    for r in records:
+        assert r["cubin_bytes"] > 0
