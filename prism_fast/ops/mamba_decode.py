@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from prism_fast.ops._dispatch import resolve
+from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda
 from prism_fast.ops.ssd_chunk_scan import _prep_dt
 
 _VALID = ("torch", "triton", "cuda", "mamba_ssm")
@@ -75,10 +76,18 @@ def ssd_state_update_ref(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None,
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None, backend="auto"):
-    """See module docstring. x [B, C] -> [B, C]; conv_state [B, C, W-1] is shifted in place."""
-    b = resolve("causal_conv1d_update", backend, _VALID, ["torch"])
+    """See module docstring. x [B, C] -> [B, C]; conv_state [B, C, W-1] is shifted in place.
+
+    backend: "torch" (the reference) or "cuda" (csrc/conv1d's decode kernel, auto on CUDA when the library was
+    built and conv_state has x's dtype)."""
+    auto = ["torch"]
+    if x.is_cuda and conv_state.dtype == x.dtype and _cuda_lib() is not None:
+        auto = ["cuda", "torch"]
+    b = resolve("causal_conv1d_update", backend, _VALID, auto)
     if b == "torch":
         return causal_conv1d_update_ref(x, conv_state, weight, bias, activation=activation)
+    if b == "cuda":
+        return causal_conv1d_update_cuda(x, conv_state, weight, bias, activation=activation)
     raise RuntimeError(f"causal_conv1d_update: backend {b!r} is not available in this build")
 
 

@@ -1,4 +1,4 @@
-"""Hybrid models on CUDA with the default ("auto") backends (Triton SSD scan, fast conv when present).
+"""Hybrid models and their decode ops on CUDA with the default ("auto") backends (Triton SSD, CUDA conv).
 
 fp32: logits vs transformers on the same GPU; bf16: error vs the fp32 reference within 2x of transformers' bf16
 error; cached decoding (Mamba decode step + KV cache) equals the full forward. Skipped without CUDA.
@@ -44,3 +44,21 @@ def test_cached_decoding_equals_full_forward_on_cuda(case):
         steps = [ours(ids[:, :50], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(50, 80)]
     err = (torch.cat(steps, 1) - full).abs().max().item()
     assert err <= 1e-3, f"{case}: cached decoding differs by {err:.3e} on CUDA"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("W", [2, 4])
+def test_conv_update_backends_on_cuda(dtype, W):
+    """auto (the CUDA decode kernel when built) == the torch reference, output and shifted state."""
+    from prism_fast import ops
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(5, 97, device="cuda", dtype=dtype, generator=g)
+    w = torch.randn(97, W, device="cuda", dtype=dtype, generator=g)
+    b = torch.randn(97, device="cuda", dtype=dtype, generator=g)
+    s0 = torch.randn(5, 97, W - 1, device="cuda", dtype=dtype, generator=g)
+    s_ref, s_auto = s0.clone(), s0.clone()
+    ref = ops.causal_conv1d_update_ref(x, s_ref, w, b, activation="silu")
+    got = ops.causal_conv1d_update(x, s_auto, w, b, activation="silu")
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(s_auto, s_ref, atol=0, rtol=0)

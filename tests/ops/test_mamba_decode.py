@@ -36,9 +36,12 @@ def test_conv_update_matches_full_conv(C, W, T):
     torch.testing.assert_close(state, want, atol=0, rtol=0)
 
 
-def test_conv_update_bad_state():
+def test_conv_update_bad_state_and_backend():
     with pytest.raises(ValueError, match="width - 1"):
         ops.causal_conv1d_update(torch.zeros(1, 4), torch.zeros(1, 4, 4), torch.zeros(4, 4))
+    if not torch.cuda.is_available():     # the CUDA decode kernel says clearly why it cannot run here
+        with pytest.raises(RuntimeError, match="backend 'cuda' needs"):
+            ops.causal_conv1d_update(torch.zeros(1, 4), torch.zeros(1, 4, 3), torch.zeros(4, 4), backend="cuda")
 
 
 @pytest.mark.parametrize("H,G,Dshape,with_z,limit", [
