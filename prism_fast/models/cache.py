@@ -58,18 +58,18 @@ class KVCache(LayerCache):
             return o[:, None]
         L = int(pos.max()) + 1                                                            # host sync
         Hkv = self.k.shape[2]
+        rep = H // Hkv
         kk = self.k[:, :L].transpose(1, 2).to(q.dtype)                                    # [B, Hkv, L, Dh]
         vv = self.v[:, :L].transpose(1, 2).to(q.dtype)
-        if H != Hkv:
-            kk = kk.repeat_interleave(H // Hkv, dim=1)
-            vv = vv.repeat_interleave(H // Hkv, dim=1)
         j = torch.arange(L, device=q.device)
         visible = j[None, None, :] <= pos[:, :, None]                                     # [B, T, L]
         if window_size[0] >= 0:
             visible &= j[None, None, :] >= pos[:, :, None] - window_size[0]
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=visible[:, None],
-                                           scale=softmax_scale)
-        return o.transpose(1, 2)
+        # GQA without copying the cache: the rep query heads of one kv head become rep * T query rows
+        q_BGRT = q.view(B, T, Hkv, rep, Dh).permute(0, 2, 3, 1, 4).reshape(B, Hkv, rep * T, Dh)
+        mask = visible[:, None, None].expand(B, 1, rep, T, L).reshape(B, 1, rep * T, L)
+        o = F.scaled_dot_product_attention(q_BGRT, kk, vv, attn_mask=mask, scale=softmax_scale)
+        return o.view(B, Hkv, rep, T, Dh).permute(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
 class ModelCache:

@@ -60,23 +60,21 @@ def decode_attention_ref(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=No
 
 
 def _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, window_size):
-    """CPU default: SDPA over the first max(cache_seqlens) rows with a boolean mask (GQA by head expansion)."""
+    """CPU default: SDPA over the first max(cache_seqlens) rows with a boolean mask. GQA without copying the cache:
+    the H // Hkv query heads sharing a kv head become that head's "query rows" ([B, Hkv, H/Hkv, Dh])."""
     B, H, Dh = q.shape
     Hkv = k_cache.shape[2]
     S = int(cache_seqlens.max())                                                   # host sync
-    k = k_cache[:, :S].transpose(1, 2)                                             # [B, Hkv, S, Dh]
+    k = k_cache[:, :S].transpose(1, 2)                                             # [B, Hkv, S, Dh] (view)
     v = v_cache[:, :S].transpose(1, 2)
-    if H != Hkv:
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        v = v.repeat_interleave(H // Hkv, dim=1)
     j = torch.arange(S, device=q.device)[None, :]
     last = cache_seqlens.long()[:, None] - 1
     visible = j <= last
     if window_size[0] >= 0:
         visible &= j >= last - window_size[0]
     out = torch.nn.functional.scaled_dot_product_attention(
-        q[:, :, None, :], k, v, attn_mask=visible[:, None, None, :], scale=softmax_scale)
-    return out[:, :, 0, :]
+        q.view(B, Hkv, H // Hkv, Dh), k, v, attn_mask=visible[:, None, None, :], scale=softmax_scale)
+    return out.reshape(B, H, Dh)
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1),
