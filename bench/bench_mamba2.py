@@ -3,8 +3,9 @@
 Layer shapes of the paper's hybrids: Granite-4.0-H-Micro (D 2048, 64 heads x 64, N 128, 1 group, chunk 256) and
 Nemotron-H-8B (D 4096, 128 heads x 64, N 128, 8 groups, chunk 128), 8k tokens per step. The whole mixer is timed
 (in_proj, conv, SSD scan, gated norm, out_proj) with each available ssd_chunk_scan backend side by side ("torch"
-chunked reference, "triton", "mamba_ssm" when installed), and the decode step (conv shift + SSM update, batch 64)
-with prism_fast.ops.mamba_decode_step vs mamba_ssm's selective_state_update when installed.
+chunked reference, "triton", "mamba_ssm" when installed), and the decode step at batch 64 (conv shift + SSM
+update: the whole mixer step with auto backends) and the SSM state update alone: torch reference vs our Triton kernel vs
+mamba_ssm's selective_state_update when installed.
     python bench/bench_mamba2.py --device cuda --quick      (GPU check)
     python bench/bench_mamba2.py --device cpu --quick       (CPU: shapes scaled down, labelled)
 Rows go to bench/results/mamba2.csv; the table prints ms (p50) and the ratio to the torch backend.
@@ -89,9 +90,9 @@ def bench_decode(name, shape, batch, device, dtype, reps):
         with torch.no_grad():
             mixer(x, cache=cache)
     p50, p20, p80 = time_fn(step, device=device, warmup=3, reps=reps)
-    rows.append(row("mamba2", "decode_torch", "decode", "time", "ms", batch, p50, p20, p80, config=cfg,
+    rows.append(row("mamba2", "decode_auto", "decode", "time", "ms", batch, p50, p20, p80, config=cfg,
                     device=device))
-    table.append((name, "decode_torch (whole mixer step)", "decode", p50, batch / p50 * 1e3))
+    table.append((name, "decode_auto (whole mixer step)", "decode", p50, batch / p50 * 1e3))
     # The state-update op alone, against mamba_ssm's Triton selective_state_update when installed.
     H, P, N, G = shape["num_heads"], shape["head_dim"], shape["d_state"], shape["n_groups"]
     st = torch.zeros(batch, H, P, N, device=device, dtype=torch.float32)
@@ -101,8 +102,9 @@ def bench_decode(name, shape, batch, device, dtype, reps):
     Bm = torch.randn(batch, G, N, device=device, dtype=dtype)
     Cm = torch.randn(batch, G, N, device=device, dtype=dtype)
     D, dtb = torch.ones(H, device=device), torch.zeros(H, device=device)
-    provs = {"state_update_torch": lambda: ops.ssd_state_update(st, xs, dt, A, Bm, Cm, D=D, dt_bias=dtb,
-                                                                dt_softplus=True)}
+    provs = {f"state_update_{b}": (lambda b=b: ops.ssd_state_update(st, xs, dt, A, Bm, Cm, D=D, dt_bias=dtb,
+                                                                    dt_softplus=True, backend=b))
+             for b in (["torch", "triton"] if device.type == "cuda" else ["torch"])}
     try:
         from mamba_ssm.ops.triton.selective_state_update import selective_state_update
         Ae = A[:, None, None].expand(H, P, N)
@@ -141,11 +143,14 @@ def main(argv=None):
         r, t = bench_decode(name, shape, batch, device, dtype, reps)
         rows += r
         table += t
-    base = {(n, m, p.endswith("_packed")): ms for n, p, m, ms, _ in table if p.startswith("ssd_torch")}
+    def group(p):           # providers compared with each other: ssd_* (plain / packed), state_update_*
+        return ("ssd", p.endswith("_packed")) if p.startswith("ssd_") else (p.split("_")[0], False)
+    base = {(n, m, group(p)): ms for n, p, m, ms, _ in table if p in ("ssd_torch", "ssd_torch_packed",
+                                                                       "state_update_torch")}
     print(f"{'shape':22s} {'provider':34s} {'mode':8s} {'ms p50':>10s} {'tok/s':>12s} {'vs torch':>9s}")
     for n, p, m, ms, tps in table:
-        ref = base.get((n, m, p.endswith("_packed")))
-        ratio = f"{ref / ms:8.2f}x" if ref and p.startswith("ssd_") else ""
+        ref = base.get((n, m, group(p)))
+        ratio = f"{ref / ms:8.2f}x" if ref else ""
         print(f"{n:22s} {p:34s} {m:8s} {ms:10.3f} {tps:12.0f} {ratio:>9s}")
     print("wrote", append_rows("mamba2", rows, overwrite=args.overwrite))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from prism_fast.ops._dispatch import resolve
+from prism_fast.ops._dispatch import resolve, triton_usable
 from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda
 from prism_fast.ops.ssd_chunk_scan import _prep_dt
 
@@ -93,10 +93,22 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None, b
 
 def ssd_state_update(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_softplus=False,
                      dt_limit=(0.0, float("inf")), backend="auto"):
-    """See module docstring. x [B, H, P] -> y [B, H, P]; state [B, H, P, N] is updated in place."""
-    b = resolve("ssd_state_update", backend, _VALID, ["torch"])
+    """See module docstring. x [B, H, P] -> y [B, H, P]; state [B, H, P, N] is updated in place.
+
+    backend: "torch" (the reference) or "triton" (kernels/ssd_state_update.py: one pass over the state; auto on
+    CUDA, or on CPU under TRITON_INTERPRET=1 when asked for explicitly)."""
+    auto = ["triton", "torch"] if x.is_cuda and triton_usable("cuda") else ["torch"]
+    b = resolve("ssd_state_update", backend, _VALID, auto)
     if b == "torch":
         return ssd_state_update_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                    dt_limit=dt_limit)
+    if b == "triton":
+        if not triton_usable(x.device.type):
+            raise RuntimeError("ssd_state_update: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+        if x.shape[1] % B.shape[1]:
+            raise ValueError(f"ssd_state_update: heads ({x.shape[1]}) must be a multiple of groups ({B.shape[1]})")
+        from prism_fast.kernels.ssd_state_update import ssd_state_update_fwd
+        return ssd_state_update_fwd(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                                     dt_limit=dt_limit)
     raise RuntimeError(f"ssd_state_update: backend {b!r} is not available in this build")
 

@@ -137,3 +137,48 @@ def test_gated_rms_norm_norm_before_gate_and_grad():
     torch.autograd.gradcheck(lambda a, b, c: ops.gated_rms_norm_ref(a, b, c, group_size=8), (x, z, w))
     with pytest.raises(ValueError, match="group_size"):
         ops.gated_rms_norm(x, z, w, group_size=7)
+
+
+@pytest.mark.parametrize("H,G,P,N,Dshape,with_z,limit,dtype", [
+    (6, 3, 5, 7, "h", True, (0.05, 0.7), torch.float32),          # odd P, N; groups; gate; dt limits
+    (4, 1, 16, 16, "hp", False, (0.0, float("inf")), torch.float16),
+])
+def test_state_update_triton_matches_ref(H, G, P, N, Dshape, with_z, limit, dtype):
+    """Triton kernel (interpreter on CPU) == reference, output and in-place state, over 3 steps."""
+    Bsz = 2
+    x, dt, A, B, C = _rand_ssm(Bsz, 3, H, P, G, N, seed=4)
+    x, B, C = x.to(dtype), B.to(dtype), C.to(dtype)
+    dt = dt * 20 - 10                      # spans softplus' exp branch (< -15) and its log(1 + exp) branch
+    D = torch.randn(H) if Dshape == "h" else torch.randn(H, P)
+    z = torch.randn(Bsz, 3, H, P).to(dtype) if with_z else None
+    dt_bias = torch.randn(H)
+    s_ref = torch.randn(Bsz, H, P, N)
+    s_tri = s_ref.clone()
+    for t in range(3):
+        kw = dict(D=D, z=None if z is None else z[:, t], dt_bias=dt_bias, dt_softplus=True, dt_limit=limit)
+        y_ref = ops.ssd_state_update(s_ref, x[:, t], dt[:, t], A, B[:, t], C[:, t], backend="torch", **kw)
+        y_tri = ops.ssd_state_update(s_tri, x[:, t], dt[:, t], A, B[:, t], C[:, t], backend="triton", **kw)
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(y_tri, y_ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(s_tri, s_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_state_update_kernel_aot_sm90_sm80():
+    import inspect
+    from importlib import import_module
+
+    from tests.aot_util import aot_compile, assert_all_compiled
+    m = "prism_fast.kernels.ssd_state_update"
+    params = list(inspect.signature(import_module(m)._ssd_state_update_kernel.fn).parameters)
+    specs = []
+    for x_ty, cexp in (("*bf16", dict(BLOCK_P=32, BLOCK_N=128, HAS_D=True, D_PER_P=False, HAS_Z=False,
+                                      HAS_DT_BIAS=True, DT_SOFTPLUS=True, HAS_DT_LIMIT=True)),
+                       ("*fp32", dict(BLOCK_P=16, BLOCK_N=256, HAS_D=True, D_PER_P=True, HAS_Z=True,
+                                      HAS_DT_BIAS=False, DT_SOFTPLUS=False, HAS_DT_LIMIT=False))):
+        sig = {p: ("constexpr" if p in cexp else "*fp32" if p in ("S_ptr", "A_ptr", "D_ptr", "DTB_ptr") else
+                   x_ty if p.endswith("_ptr") else "fp32" if p in ("dt_min", "dt_max") else "i32") for p in params}
+        specs.append({"module": m, "kernel": "_ssd_state_update_kernel", "signature": sig, "constexprs": cexp,
+                      "num_warps": 4})
+    recs = aot_compile(specs)
+    assert_all_compiled(recs)
+    assert len(recs) == 4
