@@ -161,6 +161,14 @@ def test_state_update_triton_matches_ref(H, G, P, N, Dshape, with_z, limit, dtyp
         tol = 1e-5 if dtype == torch.float32 else 2e-3
         torch.testing.assert_close(y_tri, y_ref, atol=tol, rtol=tol)
         torch.testing.assert_close(s_tri, s_ref, atol=1e-5, rtol=1e-5)
+    # Several programs per (batch, head): P split into tiles of 2 (last tile partial when P is odd).
+    from prism_fast.kernels.ssd_state_update import ssd_state_update_fwd
+    s2 = s_ref.clone()
+    kw = dict(D=D, z=None if z is None else z[:, 0], dt_bias=dt_bias, dt_softplus=True, dt_limit=limit)
+    y_ref = ops.ssd_state_update_ref(s_ref, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], **kw)
+    y_tri = ssd_state_update_fwd(s2, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], block_p=2, **kw)
+    torch.testing.assert_close(y_tri, y_ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(s2, s_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_state_update_kernel_aot_sm90_sm80():
