@@ -7,7 +7,8 @@ The last block is not resharded after forward (its params are needed first in ba
 
 Gradient division: FSDP2 divides reduced grads by the data-parallel size by default. The trainer normalizes the
 loss by the GLOBAL valid-token count (summed over ranks and micro-steps), so grads must be SUMMED across ranks:
-we set the divide factor to 1 (torchtitan's disable_fsdp_gradient_division).
+`disable_gradient_division` sets the divide factor to 1 with sum-only reductions (torchtitan's
+disable_fsdp_gradient_division); on a torch without that switch the trainer multiplies the loss by dp size.
 """
 from __future__ import annotations
 
@@ -34,7 +35,19 @@ def apply_fsdp(model: torch.nn.Module, mesh: DeviceMesh, *, param_dtype: torch.d
         fully_shard(block, mesh=mesh, mp_policy=mp,
                     reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.set_gradient_divide_factor(1.0)
     return model
+
+
+def disable_gradient_division(model: torch.nn.Module) -> bool:
+    """Make FSDP reduce gradients with a plain SUM (no 1/dp_size). Returns False when this torch cannot (then the
+    caller must scale the loss by the data-parallel size instead).
+
+    divide factor 1 alone would make FSDP use ReduceOp.PREMUL_SUM(1.0), which gloo does not implement; forcing
+    sum-only reductions turns it into SUM with no post-division, on NCCL and gloo alike."""
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not all(hasattr(m, "set_force_sum_reduction_for_comms") for m in mods):
+        return False
+    for m in mods:
+        m.set_gradient_divide_factor(1.0)
+        m.set_force_sum_reduction_for_comms(True)
+    return True

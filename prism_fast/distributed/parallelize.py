@@ -13,7 +13,7 @@ import torch
 from prism_fast.distributed.ac import MODES as AC_MODES, apply_ac
 from prism_fast.distributed.compile import apply_compile
 from prism_fast.distributed.fp8 import apply_fp8
-from prism_fast.distributed.fsdp import apply_fsdp, to_dtype
+from prism_fast.distributed.fsdp import apply_fsdp, disable_gradient_division, to_dtype
 from prism_fast.distributed.parallel_dims import ParallelDims
 
 
@@ -66,5 +66,6 @@ def parallelize(model: torch.nn.Module, dims: ParallelDims, cfg: Config, device_
     dims.build_mesh(device_type)
     apply_fsdp(model, dims.fsdp_mesh(), param_dtype=to_dtype(cfg.param_dtype),
                reduce_dtype=to_dtype(cfg.reduce_dtype), reshard_after_forward=cfg.reshard_after_forward)
+    info["grad_sum"] = disable_gradient_division(model)
     info["mesh"] = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard}
     return info

@@ -12,8 +12,9 @@ directory to `step-N/` (an atomic rename on one file system) and fsyncs the pare
 either a `.tmp` directory (ignored, deleted at the next start) or a complete checkpoint.
 Resharding: DCP stores DTensor shards with their global offsets, so a checkpoint written by 2 ranks loads into 1
 (or 16). RNG files of ranks that no longer exist are ignored; new ranks reseed from (seed, step, rank).
-Test hook: env PRISM_CKPT_TEST_PAUSE_S=<seconds> makes rank 0 touch `<tmp>/PAUSED` and sleep after the shards
-are written but before COMPLETE, so a test can kill the job mid-write.
+Test hook: env PRISM_CKPT_TEST_PAUSE_S=<seconds> (optionally only at PRISM_CKPT_TEST_PAUSE_STEP=<step>) makes
+rank 0 touch `<tmp>/PAUSED` and sleep after the shards are written but before COMPLETE, so a test can kill the
+job mid-write.
 """
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ class Checkpointer:
         self._barrier()
         if self.rank == 0:
             pause = float(os.environ.get("PRISM_CKPT_TEST_PAUSE_S", "0") or 0)
-            if pause > 0:  # test hook: a kill now must leave no loadable checkpoint
+            only = os.environ.get("PRISM_CKPT_TEST_PAUSE_STEP")
+            if pause > 0 and (only is None or int(only) == step):  # test hook: a kill now must leave no loadable checkpoint
                 (tmp / "PAUSED").touch()
                 time.sleep(pause)
             _write_file(tmp / MARKER, f"step {step}\n".encode())

@@ -49,13 +49,18 @@ def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vo
     tok = _tokenizer_for(section, tokenizer_path)
     if section.mixture == "default":
         out = Path(section.cache_dir).expanduser()
-        # Rank 0 tokenizes the bundled corpora once (cached by fingerprint); the others wait, then open them.
+        # Rank 0 tokenizes the bundled corpora once (cached by tokenizer fingerprint) and tells the other ranks
+        # which shards make the mixture; they open the same shards without re-checking the tokenizer (slow).
+        spec = [None]
         if rank == 0:
             mix = pdata.default_corpus(tok, out)
-        if dist.is_initialized():
-            dist.barrier()
+            spec = [([(str(s.path), float(w), s.domain, s.name) for s, w in zip(mix.sources, mix.weights)],
+                     mix.val_fraction)]
+        if dist.is_initialized() and world_size > 1:
+            dist.broadcast_object_list(spec, src=0)
         if rank != 0:
-            mix = pdata.default_corpus(tok, out)
+            sources, val_fraction = spec[0]
+            mix = pdata.Mixture([pdata.Source(p, w, d, name=n) for p, w, d, n in sources], val_fraction=val_fraction)
     elif section.mixture == "custom":
         mix = pdata.Mixture([pdata.Source(Path(s["path"]).expanduser(), float(s.get("weight", 1.0)), s.get("domain"))
                              for s in section.sources])

@@ -101,4 +101,6 @@ def build_parallel_model(section, pcfg: ParallelConfig, dims: ParallelDims, devi
     n = load_into_sharded(model, tensors)
     log.info("model %s: %d tensors loaded, %.1fM params, parallelism %s", cfg.model_type, n,
              model.num_params() / 1e6, info)
+    # FSDP averages over ranks when it cannot sum: then the loss is scaled by the dp size to compensate.
+    model.loss_scale_for_fsdp = 1.0 if info["grad_sum"] else float(dims.dp_size)
     return model, cfg, tok_path

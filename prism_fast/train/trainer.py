@@ -100,6 +100,7 @@ class Trainer:
         tc, ck = self.cfg.train, self.cfg.checkpoint
         if self.step == 0 and self.cfg.data.val_batches > 0:
             self.first_val = self.validate()
+        self.win["t_start"] = time.perf_counter()
         while self.step < tc.steps:
             self.train_step()
             self.step += 1
@@ -107,11 +108,13 @@ class Trainer:
             last = self.step == tc.steps
             if self.step % self.cfg.metrics.log_every == 0 or last:
                 self.log_window()
+            t_aside = time.perf_counter()
             ve = self.cfg.data.val_every
             if self.cfg.data.val_batches > 0 and ((ve and self.step % ve == 0) or last):
                 self.last_val = self.validate()
             if (ck.interval and self.step % ck.interval == 0 and not last) or (last and ck.save_final):
                 self.save()
+            self.win["t_start"] += time.perf_counter() - t_aside  # throughput counts training steps only
             if self._agree_preempted():
                 if not (ck.interval and self.step % ck.interval == 0):
                     self.save()
@@ -155,7 +158,8 @@ class Trainer:
             loss_sum, per_tok = self.model(mb["input_ids"], position_ids=mb["position_ids"],
                                            cu_seqlens=mb["cu_seqlens"], labels=mb["labels"], loss_reduction="sum",
                                            return_per_token=True)
-        (loss_sum / n_tok_global).backward()
+        scale = self.model.loss_scale_for_fsdp  # 1.0 unless FSDP can only average (older torch)
+        (loss_sum * scale / n_tok_global if scale != 1.0 else loss_sum / n_tok_global).backward()
         dom = mb["domain_ids"].reshape(-1)
         valid = (mb["labels"].reshape(-1) != IGNORE).to(torch.float32)
         self.win["dom_loss"].scatter_add_(0, dom, per_tok.reshape(-1).float() * valid)
