@@ -69,10 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _peak_rss_mb() -> dict:
-    """Peak RSS of this process and of the largest worker child (Linux ru_maxrss is in KiB)."""
-    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "largest_child": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+def _usage() -> dict:
+    """Peak RSS (MiB) of this process (VmHWM: ru_maxrss would include the parent's memory at fork time) and of the
+    largest worker child (ru_maxrss, Linux KiB), and CPU seconds of this process + its workers (on a shared
+    machine CPU time is the stable cost figure; wall time depends on the load)."""
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = me.ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            peak = next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        pass
+    return {"peak_rss_mb": {"self": peak, "largest_child": ch.ru_maxrss / 1024},
+            "cpu_seconds": me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime}
 
 
 def run(args) -> dict:
@@ -111,14 +120,15 @@ def main(argv=None) -> dict:
     from prism_fast.analysis.report import write_report
 
     args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _usage()["cpu_seconds"]
     try:
         result = run(args)
     except ValueError as e:  # user errors: print the message (it says the fix), no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     result["seconds"] = time.perf_counter() - t0
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result.update(_usage())
+    result["cpu_seconds"] -= cpu0  # imports and argument parsing excluded, like "seconds"
     paths = write_report(result, args.out, plots=not args.no_plots)
     print(paths["md"])
     return result

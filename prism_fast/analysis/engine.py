@@ -142,6 +142,7 @@ def _item_stats(item, readers, pairs, crosses, thresholds, chunk_elements=DEFAUL
     keep = {ci for p, q in crosses for ci in (*pairs[p], *pairs[q])}  # checkpoints the crosses re-read
     native: dict[int, torch.Tensor] = {}
     nbytes = 0
+    thresholds_f32 = [np.float32(t) for t in thresholds]  # compare in fp32, like the ratio
     row_elems = 1
     for s_ in readers[0].shape(name)[1:]:
         row_elems *= s_
@@ -168,24 +169,27 @@ def _item_stats(item, readers, pairs, crosses, thresholds, chunk_elements=DEFAUL
         base, new = load(bi, "base"), load(ni, "new")
         for k, lo, hi in _sub_ranges(views, chunk_elements):
             n = hi - lo
-            # pooled fp32 working set (copy_ converts from the stored dtype); never aliases the native tensors
-            # (mixed-dtype in-place ops allocate a converted temporary: keep every operand fp32)
-            old = _WS.get("a", n, torch.float32).copy_(base[lo:hi])
-            diff = _WS.get("b", n, torch.float32).copy_(new[lo:hi]).sub_(old)
-            absold = old.abs_()
-            mask = _WS.get("mask", n, torch.bool)
+            # Pooled fp32 working set, never aliasing the native tensors. torch converts from the stored dtype (numpy
+            # has no bf16); numpy does the elementwise passes: on CPU its compare + count_nonzero are ~5x faster
+            # than torch's (0.3 vs 1.4 ms per M elements on 1 core).
+            o = _WS.get("a", n, torch.float32).copy_(base[lo:hi]).numpy()
+            d = _WS.get("b", n, torch.float32).copy_(new[lo:hi]).numpy()
+            mask = _WS.get("mask", n, torch.bool).numpy()
+            np.subtract(d, o, out=d)
+            np.abs(o, out=o)
             s = out[k, pi]
             s[NUMEL] += n
-            s[DIFF_SQ] += torch.dot(diff, diff).item()
-            s[OLD_SQ] += torch.dot(absold, absold).item()  # ||old||^2 = ||abs(old)||^2
-            n_zero = n - torch.count_nonzero(absold).item()
+            s[DIFF_SQ] += float(np.dot(d, d))
+            s[OLD_SQ] += float(np.dot(o, o))  # ||old||^2 = ||abs(old)||^2
+            n_zero = int(np.count_nonzero(np.equal(o, 0, out=mask)))
             s[ZERO_OLD] += n_zero
-            ratio = diff.abs_().div_(absold)  # in place: diff is dead after this
+            np.abs(d, out=d)
+            with np.errstate(divide="ignore", invalid="ignore"):  # x/0 = inf (changed), 0/0 = nan (unchanged)
+                ratio = np.divide(d, o, out=d)
             if n_zero:
-                s[ZERO_CHANGED] += torch.count_nonzero(torch.eq(ratio, math.inf, out=mask)).item()
-            for t_i, t in enumerate(thresholds):
-                # count_nonzero, not .sum(): a bool sum materializes an int64 copy (8 bytes/element)
-                s[CHANGED_0 + t_i] += torch.count_nonzero(torch.gt(ratio, t, out=mask)).item()
+                s[ZERO_CHANGED] += int(np.count_nonzero(np.isinf(ratio, out=mask)))
+            for t_i, t in enumerate(thresholds_f32):
+                s[CHANGED_0 + t_i] += int(np.count_nonzero(np.greater(ratio, t, out=mask)))
     for c_i, (p, q) in enumerate(crosses):
         (bp, np_), (bq, nq) = pairs[p], pairs[q]
         for k, lo, hi in _sub_ranges(views, chunk_elements):
