@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ from prism_fast.train.model_init import build_parallel_model
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+# Our forward returns (loss, per_token.view(...)); nothing modifies them in place, so FSDP2's warning is moot.
+warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -147,7 +150,7 @@ class Trainer:
         w["last_loss"] = step_loss
         w["last_tokens"] = n_tok
         w["grad_norm"] = grad_norm
-        w["nonfinite"].append((self.step, found_inf, cursor))
+        w["nonfinite"].append((self.step + 1, found_inf, cursor))  # 1-based, as logged
         w["lr"] = lr
         w["steps"] += 1
         w["host_time"] += time.perf_counter() - t0

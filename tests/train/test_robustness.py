@@ -35,7 +35,8 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, hf_tokenizer_d
 def test_sigterm_two_ranks_saves_and_exits(tmp_path, hf_tokenizer_dir):
     run = tmp_path / "run"
     proc = _runs.start(2, _base(tmp_path, hf_tokenizer_dir) + ["--train.steps=50", "--checkpoint.interval=0",
-                                                              "--checkpoint.save_final=false"])
+                                                              "--checkpoint.save_final=false",
+                                                              "--parallel.dp_replicate=2"])  # HSDP 2 x 1 mesh
     metrics = run / "metrics.jsonl"
     _runs.wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc,
                    what="two logged steps")
