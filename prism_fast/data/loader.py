@@ -87,10 +87,11 @@ class _SourceRows:
 
     def _extend(self, k: int) -> None:
         # Add whole epochs until row k exists; rows of a longer stream start with the rows of the shorter one.
+        # At least doubling the stream keeps the rebuilds amortized O(1) per row for tiny sources.
         epochs = len(self.stream) // self.n_train
-        need_tokens = (k + 2) * self.seq_len
         tokens_per_epoch = int(self.lens.sum())
-        add = max(1, -(-(need_tokens - epochs * tokens_per_epoch) // tokens_per_epoch))
+        need = -(-((k + 2) * self.seq_len - epochs * tokens_per_epoch) // tokens_per_epoch)
+        add = max(1, need, epochs)
         parts = [self.stream] + [self._perm(e, self.n_train) for e in range(epochs, epochs + add)]
         self.stream = np.concatenate(parts).astype(np.int64)
         self.starts = concat_index(self.lens[self.stream], self.seq_len)

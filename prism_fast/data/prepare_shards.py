@@ -3,7 +3,10 @@
 Pipeline: the parent process streams documents out of the inputs (readers.py), groups them into batches and
 hands them to N worker processes running the fast HF tokenizer (Rust `tokenizers`, rebuilt in each worker from
 its JSON, so workers never re-parse a GGUF); results come back in submission order and are appended to the shard,
-so N workers write byte-identical shards to 1 worker. At most 2 * N batches are in flight: memory stays constant
+so N workers write byte-identical shards to 1 worker. With workers=1 the tokenizer runs in this process and
+`encode_batch` may use Rust threads (TOKENIZERS_PARALLELISM); with workers > 1 each worker is single-threaded
+and the parallelism is across processes (JSON parsing, formatting and the loss-mask offsets are Python work
+that Rust threads do not parallelize). At most 2 * N batches are in flight: memory stays constant
 whatever the input size (Pool.imap would read the whole input ahead).
 
 Each document gets the tokenizer's EOS token appended (no BOS, no chat template). For chat / qa formats a
@@ -87,8 +90,12 @@ def tokenizer_fingerprint(path_or_tokenizer) -> str:
 _WORKER: dict = {}
 
 
-def _init_worker(tok_json: str, eos_id: int) -> None:
+def _init_worker(tok_json: str, eos_id: int, single_thread: bool = False) -> None:
     import tokenizers
+
+    if single_thread:
+        # One tokenizer process per core: Rust-side (rayon) threads would only oversubscribe the cores.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     _WORKER["tok"] = tokenizers.Tokenizer.from_str(tok_json)
     _WORKER["eos"] = eos_id
@@ -143,7 +150,7 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     try:
         if workers > 1:
             ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, info["eos_token_id"]))
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok_json, info["eos_token_id"], True))
         else:
             _init_worker(tok_json, info["eos_token_id"])
         pending: collections.deque = collections.deque()

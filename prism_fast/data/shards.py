@@ -104,9 +104,9 @@ class Shard:
     """A complete shard, memory-mapped. `doc(i)` -> token ids of document i (a numpy view, no copy)."""
     path: Path
     meta: dict
-    tokens: np.ndarray   # [num_tokens] uint16/uint32 memmap
-    offsets: np.ndarray  # [num_docs + 1] uint64 memmap
-    mask: np.ndarray | None  # [num_tokens] uint8 memmap or None
+    tokens: np.ndarray   # [num_tokens] uint16/uint32, memory-mapped
+    offsets: np.ndarray  # [num_docs + 1] uint64, memory-mapped
+    mask: np.ndarray | None  # [num_tokens] uint8, memory-mapped, or None
 
     @property
     def num_docs(self) -> int:
@@ -159,7 +159,10 @@ def open_shard(path: str | os.PathLike, expected_fingerprint: str | None = None)
     if meta.get("has_mask"):
         _check_size(mask_path, n_tok)
         mask = np.memmap(mask_path, dtype=np.uint8, mode="r") if n_tok else np.zeros(0, np.uint8)
-    return Shard(d, meta, tokens, offsets, mask)
+    # Plain ndarray views of the maps (the map stays alive as their base): np.memmap's Python-level
+    # __getitem__ / __array_finalize__ cost more than the copy of a short document slice.
+    return Shard(d, meta, tokens.view(np.ndarray), offsets.view(np.ndarray),
+                 None if mask is None else mask.view(np.ndarray))
 
 
 def _check_size(path: Path, expected: int) -> None:
