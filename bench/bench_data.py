@@ -12,7 +12,6 @@ design: the loader is host code. The consumer reference is measured, not assumed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -25,10 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import utils  # noqa: E402
 
-from prism_fast.data import Mixture, Source, build_loader, default_corpus, prepare  # noqa: E402
+from prism_fast.data import build_loader, default_corpus, prepare  # noqa: E402
 from prism_fast.data.corpora import HERE as CORPORA, bundled_tokenizer_path  # noqa: E402
 from prism_fast.data.presets import percentages  # noqa: E402
-from prism_fast.data.shards import ShardWriter  # noqa: E402
 from prism_fast.ops import data_index as di  # noqa: E402
 
 ROWS: list[dict] = []

@@ -44,7 +44,8 @@ def __dir__():
 
 
 __all__ = [
-    "BadInputError", "IGNORE_INDEX", "corpora", "Mixture", "PackedDataset", "PackedLoader", "Shard", "Source", "ValLoader",
+    "BadInputError", "IGNORE_INDEX", "corpora", "Mixture", "PackedDataset", "PackedLoader", "Shard", "Source",
+    "ValLoader",
     "build_loader", "build_val_loader", "collate", "default_corpus", "load_tokenizer", "open_shard", "prepare",
     "presets", "tokenizer_fingerprint", "tokenizer_info",
 ]

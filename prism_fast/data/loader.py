@@ -133,29 +133,34 @@ class PackedDataset:
     def __getitem__(self, g: int) -> dict:
         src, k = self.locate(g)
         shard = self.rows[src].shard
-        segs = self.rows[src].row(k)
-        L = self.seq_len
-        ids = np.full(L, self.pad_id, dtype=np.int64)
-        labels = np.full(L, IGNORE_INDEX, dtype=np.int64)
-        pos = np.zeros(L, dtype=np.int64)
-        seg_lens, t = [], 0
-        for d, start, n in segs:
-            o = int(shard.offsets[d]) + start
-            doc_end = int(shard.offsets[d + 1])
-            ids[t:t + n] = shard.tokens[o:o + n]
-            m = min(n, doc_end - o - 1)  # targets inside the document (the doc's last token has none)
-            labels[t:t + m] = shard.tokens[o + 1:o + 1 + m]
-            if self.loss_mask_prompt and shard.mask is not None:
-                keep = shard.mask[o + 1:o + 1 + m].astype(bool)
-                labels[t:t + m][~keep] = IGNORE_INDEX
-            pos[t:t + n] = np.arange(n)
-            seg_lens.append(n)
-            t += n
-        if t < L:
-            pos[t:] = np.arange(L - t)
-            seg_lens.append(L - t)
-        return {"input_ids": ids, "labels": labels, "position_ids": pos, "seg_lens": seg_lens,
-                "domain": int(self.mixture.source_domain[src]), "source": src}
+        row = assemble_row([(shard, d, start, n) for d, start, n in self.rows[src].row(k)], self.seq_len,
+                           self.pad_id, self.loss_mask_prompt)
+        return dict(row, domain=int(self.mixture.source_domain[src]), source=src)
+
+
+def assemble_row(pieces: list, seq_len: int, pad_id: int, loss_mask_prompt: bool = False) -> dict:
+    """One packed row from pieces (shard, doc, start, length): input_ids / labels / position_ids int64
+    [seq_len] and seg_lens (a trailing padding segment when the pieces are shorter than seq_len)."""
+    ids = np.full(seq_len, pad_id, dtype=np.int64)
+    labels = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros(seq_len, dtype=np.int64)
+    seg_lens, t = [], 0
+    for shard, d, start, n in pieces:
+        o = int(shard.offsets[d]) + start
+        doc_end = int(shard.offsets[d + 1])
+        ids[t:t + n] = shard.tokens[o:o + n]
+        m = min(n, doc_end - o - 1)  # targets inside the document (the doc's last token has none)
+        labels[t:t + m] = shard.tokens[o + 1:o + 1 + m]
+        if loss_mask_prompt and shard.mask is not None:
+            keep = shard.mask[o + 1:o + 1 + m].astype(bool)
+            labels[t:t + m][~keep] = IGNORE_INDEX
+        pos[t:t + n] = np.arange(n)
+        seg_lens.append(n)
+        t += n
+    if t < seq_len:
+        pos[t:] = np.arange(seq_len - t)
+        seg_lens.append(seq_len - t)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "seg_lens": seg_lens}
 
 
 def collate(rows: list[dict], sample_ids: list[int]) -> dict:

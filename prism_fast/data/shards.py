@@ -138,7 +138,8 @@ def open_shard(path: str | os.PathLike, expected_fingerprint: str | None = None)
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{meta_path}: unreadable shard metadata ({e!r}); re-run prepare") from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}; re-run prepare")
+        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}; "
+                         "re-run prepare")
     if expected_fingerprint is not None and fp != expected_fingerprint:
         raise ValueError(f"{d}: shard was tokenized with another tokenizer ({meta['tokenizer'].get('name')}, "
                          f"fingerprint {fp[:12]}) than the model's (fingerprint {expected_fingerprint[:12]}); "

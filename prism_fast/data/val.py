@@ -9,9 +9,8 @@ reductions in the trainer never hang. Batches have the training loader's layout 
 """
 from __future__ import annotations
 
-import numpy as np
 
-from prism_fast.data.loader import IGNORE_INDEX, collate
+from prism_fast.data.loader import assemble_row, collate
 from prism_fast.data.mixture import Mixture
 
 
@@ -58,28 +57,11 @@ class ValLoader:
         return self.num_batches
 
     def _row(self, g: int) -> dict:
-        L = self.seq_len
-        ids = np.full(L, self.pad_id, dtype=np.int64)
-        labels = np.full(L, IGNORE_INDEX, dtype=np.int64)
-        pos = np.zeros(L, dtype=np.int64)
-        if g >= len(self.rows):
-            return {"input_ids": ids, "labels": labels, "position_ids": np.arange(L), "seg_lens": [L],
-                    "domain": 0}
+        if g >= len(self.rows):  # this rank has no row left: an all-padding row keeps step counts equal
+            return dict(assemble_row([], self.seq_len, self.pad_id), domain=0)
         dom, segs = self.rows[g]
-        seg_lens, t = [], 0
-        for i, d, start, n in segs:
-            shard = self.mixture.sources[i].shard()
-            o, doc_end = int(shard.offsets[d]) + start, int(shard.offsets[d + 1])
-            ids[t:t + n] = shard.tokens[o:o + n]
-            m = min(n, doc_end - o - 1)
-            labels[t:t + m] = shard.tokens[o + 1:o + 1 + m]
-            pos[t:t + n] = np.arange(n)
-            seg_lens.append(n)
-            t += n
-        if t < L:
-            pos[t:] = np.arange(L - t)
-            seg_lens.append(L - t)
-        return {"input_ids": ids, "labels": labels, "position_ids": pos, "seg_lens": seg_lens, "domain": dom}
+        pieces = [(self.mixture.sources[i].shard(), d, start, n) for i, d, start, n in segs]
+        return dict(assemble_row(pieces, self.seq_len, self.pad_id), domain=dom)
 
     def __iter__(self):
         for step in range(self.num_batches):

@@ -1,6 +1,5 @@
 """Fixtures of the data tests: the real SmolLM2 tokenizer (from the bundled GGUF, loaded once per session and
 saved as an HF directory so subprocesses load it fast) and synthetic shards written through the real ShardWriter."""
-import os
 from pathlib import Path
 
 import numpy as np
