@@ -53,9 +53,12 @@ def iter_safetensors(path, keys=None, *, dtype=None, device="cpu"):
             if end > start:
                 f.seek(base + start)
                 view = memoryview(t.view(-1).view(torch.uint8).numpy())
-                got = f.readinto(view)
-                if got != end - start:
-                    raise ValueError(f"{path}: tensor {name} truncated ({got} of {end - start} bytes)")
+                got = 0
+                while got < end - start:          # one read() returns at most ~2 GiB on Linux: loop
+                    n = f.readinto(view[got:])
+                    if not n:
+                        raise ValueError(f"{path}: tensor {name} truncated ({got} of {end - start} bytes)")
+                    got += n
             if dtype is not None and t.is_floating_point() and t.dtype != dtype:
                 t = t.to(dtype)
             yield name, (t.to(device) if str(device) != "cpu" else t)

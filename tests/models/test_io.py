@@ -141,3 +141,11 @@ def test_errors_bad_forward_inputs():
         ours(x, labels=x[:, :5])
     with pytest.raises(ValueError, match="integer tensor"):
         ours(x.float())
+
+
+def test_errors_truncated_shard(tmp_path):
+    _saved(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        from_pretrained(tmp_path)
