@@ -18,7 +18,6 @@ number of zero old elements and of those that changed are returned, so a report 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field

@@ -14,7 +14,6 @@ held-out text file, so the command works before RL and evaluation exist; pass-ra
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import numpy as np
 import torch

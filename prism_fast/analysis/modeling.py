@@ -12,8 +12,11 @@ import torch
 
 
 def load_model(path, *, dtype=torch.float32, loader: str = "prism"):
-    """Load a causal LM for inference (eval mode, no grad needed)."""
+    """Load a causal LM for inference (eval mode, no grad needed): an HF directory, a .gguf file, or a trainer DCP
+    checkpoint directory (`.metadata` + `model_config.json`, see prism_fast/train/checkpoint.py)."""
     path = str(path)
+    if (Path(path) / ".metadata").is_file():
+        return _load_dcp(Path(path), dtype)
     if loader == "prism":
         from prism_fast.models import from_pretrained
 
@@ -26,6 +29,32 @@ def load_model(path, *, dtype=torch.float32, loader: str = "prism"):
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
     else:
         raise ValueError(f"loader must be 'prism' or 'hf' (got {loader!r})")
+    return model.eval()
+
+
+def _load_dcp(path: Path, dtype):
+    """Build from the checkpoint's model_config.json, then copy the DCP tensors in one at a time (memory: the model
+    + one tensor). Tied LM heads are absent from the state and stay tied to the embedding."""
+    import json
+
+    from prism_fast.analysis.readers import DCPReader
+    from prism_fast.models import ModelConfig, build_model
+
+    cfg_file = path / "model_config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{path}: DCP checkpoint without model_config.json; export it to an HF directory first "
+                         "or pass a trainer checkpoint (which writes model_config.json)")
+    model = build_model(ModelConfig.from_hf_dict(json.loads(cfg_file.read_text())), dtype=dtype)
+    own = model.state_dict()
+    reader = DCPReader(str(path))
+    missing = set(own) - set(reader.names())
+    if any(not k.startswith("lm_head") for k in missing):
+        raise ValueError(f"{path}: DCP checkpoint lacks model tensors {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name in reader.names():
+            if name not in own:
+                raise ValueError(f"{path}: tensor {name} is not a parameter of {model.config.model_type}")
+            own[name].copy_(reader.read(name))
     return model.eval()
 
 

@@ -151,6 +151,8 @@ class DCPReader(CheckpointReader):
     prefix: "auto" strips a leading "model." when the model state was saved nested under a "model" key (detected
     by keys like "model.model.layers.0..." or "model.lm_head.weight") and drops training-state keys (optimizer,
     lr_scheduler, dataloader, ...); a string keeps only keys starting with it and strips it; "" keeps every key.
+    With a trainer `model_config.json` beside it saying tie_word_embeddings, lm_head.weight (the embedding under a
+    second name) is left out, as HF exports do.
     """
 
     def __init__(self, path: str, prefix: str = "auto"):
@@ -167,6 +169,11 @@ class DCPReader(CheckpointReader):
         self._prefix = prefix
         self._entries = {k[len(prefix):]: (k, v.properties.dtype, tuple(v.size))
                          for k, v in tensors.items() if k.startswith(prefix)}
+        # Tied LM head: the trainer's state dict holds it as a second name of the embedding; HF exports omit it.
+        # Drop it too, so DCP and HF checkpoints of the same weights give the same aggregates.
+        cfg_file = Path(self.path) / "model_config.json"
+        if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("tie_word_embeddings"):
+            self._entries.pop("lm_head.weight", None)
         if not self._entries:
             raise ValueError(f"{path}: no model tensors found in the DCP checkpoint (prefix={prefix!r}); "
                              f"pass the prefix under which the model state was saved")

@@ -155,7 +155,8 @@ def list_checkpoints(spec) -> list[str]:
     if isinstance(spec, (list, tuple)):
         paths = [str(p) for p in spec]
     elif os.path.isdir(spec):  # a directory of checkpoint directories (step-20/, step-40/, ...)
-        paths = [str(p) for p in sorted(Path(spec).iterdir()) if p.is_dir()]
+        # *.tmp: a trainer checkpoint whose write was interrupted (no COMPLETE marker); never analysed
+        paths = [str(p) for p in sorted(Path(spec).iterdir()) if p.is_dir() and not p.name.endswith(".tmp")]
     else:
         paths = sorted(glob.glob(str(spec)))
     if len(paths) < 2:

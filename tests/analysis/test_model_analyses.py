@@ -161,3 +161,38 @@ def test_cli_cka(ckpts, tmp_path, capsys):
         cli_main(["cka", "--a", str(ckpts["base"]), "--b", str(ckpts["base"]), "--inputs", "nope.txt",
                   "--out", str(tmp_path)])
     assert "not a file and not a bundled set" in capsys.readouterr().err
+
+
+def test_trainer_dcp_checkpoints(ckpts, tmp_path):
+    """Checkpoints written by the real trainer Checkpointer (DCP: {"model", "optim"}, step-N dirs, COMPLETE marker)
+    compare exactly like the HF exports of the same weights, feed `trajectory`, and load for CKA."""
+    import warnings
+
+    from prism_fast.analysis import trajectory, weight_change
+    from prism_fast.analysis.modeling import load_model
+    from prism_fast.train.checkpoint import Checkpointer, Config
+
+    ck = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP without a process group
+        for step, k in ((0, "base"), (10, "mt")):
+            model = models.from_pretrained(ckpts[k])
+            opt = torch.optim.AdamW(model.parameters())
+            ck = ck or Checkpointer(Config(keep_last=0), tmp_path / "run", rank=0, world_size=1,
+                                    model_hf_config=model.config.hf_config)
+            ck.save(step, model, opt, {})
+    (tmp_path / "run" / "checkpoints" / "step-20.tmp").mkdir()  # an interrupted write: must be skipped
+    dcp0, dcp10 = (tmp_path / "run" / "checkpoints" / f"step-{s}" for s in (0, 10))
+    same = weight_change(ckpts["base"], dcp0)["pairs"][0]["group"]["all"]
+    assert same["rel_change"] == 0.0 and same["changed_frac"]["0.1%"] == 0.0
+    via_hf = weight_change(ckpts["base"], ckpts["mt"])["pairs"][0]
+    via_dcp = weight_change(dcp0, dcp10)["pairs"][0]
+    for key, v in via_hf["component"].items():
+        assert via_dcp["component"][key]["changed_frac"] == v["changed_frac"], key
+        assert via_dcp["component"][key]["rel_change"] == pytest.approx(v["rel_change"], rel=1e-6), key
+    r = trajectory(tmp_path / "run" / "checkpoints")
+    assert r["steps"] == [0, 10]
+    assert r["series"]["all"]["rel_change"][-1] == pytest.approx(via_hf["group"]["all"]["rel_change"], rel=1e-6)
+    ids = torch.tensor([[1, 5, 9, 44, 3]])
+    for a, b in zip(load_model(dcp10).hidden_states(ids), models.from_pretrained(ckpts["mt"]).hidden_states(ids)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
