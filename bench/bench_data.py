@@ -146,6 +146,9 @@ def _consumer_tokens_per_s(device: str, seq_len: int, steps: int) -> tuple[float
     import torch
     import transformers
 
+    if device == "cpu":
+        # One intra-op thread: on a shared, oversubscribed machine OpenMP barriers spin and distort the figure.
+        torch.set_num_threads(1)
     gguf = Path(bundled_tokenizer_path())
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
                                                               dtype=torch.float32).to(device)

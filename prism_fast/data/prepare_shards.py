@@ -1,12 +1,13 @@
 """Raw files -> token shard (`python -m prism_fast.data prepare`).
 
-Pipeline: the parent process streams documents out of the inputs (readers.py), groups them into batches and
-hands them to N worker processes running the fast HF tokenizer (Rust `tokenizers`, rebuilt in each worker from
+Pipeline: the parent process streams raw records out of the inputs (readers.read_items: lines, Parquet rows),
+groups them into batches and hands them to N worker processes that parse, format (readers.item_to_doc) and run
+the fast HF tokenizer (Rust `tokenizers`, rebuilt in each worker from
 its JSON, so workers never re-parse a GGUF); results come back in submission order and are appended to the shard,
 so N workers write byte-identical shards to 1 worker. With workers=1 the tokenizer runs in this process and
 `encode_batch` may use Rust threads (TOKENIZERS_PARALLELISM); with workers > 1 each worker is single-threaded
 and the parallelism is across processes (JSON parsing, formatting and the loss-mask offsets are Python work
-that Rust threads do not parallelize). At most 2 * N batches are in flight: memory stays constant
+that Rust threads do not parallelize; in workers it is spread over the processes). At most 2 * N batches are in flight: memory stays constant
 whatever the input size (Pool.imap would read the whole input ahead).
 
 Each document gets the tokenizer's EOS token appended (no BOS, no chat template). For chat / qa formats a
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prism_fast.data.readers import BadInputError, FORMATS, input_kind, read_docs, source_files
+from prism_fast.data.readers import (FORMATS, BadInputError, count_or_raise, input_kind, item_size, item_to_doc,
+                                     read_items, source_files)
 from prism_fast.data.shards import ShardWriter, token_dtype
 
 _BATCH_DOCS = 256
@@ -96,15 +98,25 @@ def _init_worker(tok_json: str, eos_id: int, single_thread: bool = False) -> Non
     if single_thread:
         # One tokenizer process per core: Rust-side (rayon) threads would only oversubscribe the cores.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
     _WORKER["tok"] = tokenizers.Tokenizer.from_str(tok_json)
     _WORKER["eos"] = eos_id
+
+
+def _process(items: list[tuple], fmt: str, text_field: str | None, skip_bad: bool):
+    """Worker side: parse + format items (readers.item_to_doc), then tokenize. Returns (ids uint32 [T],
+    lens int64 [D], mask uint8 [T] or None, skipped {reason: count}); raises BadInputError unless skip_bad."""
+    skipped: dict | None = {} if skip_bad else None
+    docs = [count_or_raise(lambda: item_to_doc(it, fmt, text_field), skipped) for it in items]
+    docs = [d for d in docs if d is not None]
+    with_mask = fmt in ("chat", "qa")
+    ids, lens, mask = _encode([d.text for d in docs], [d.response_spans for d in docs] if with_mask else None)
+    return ids, lens, mask, skipped or {}
 
 
 def _encode(texts: list[str], spans: list[list[tuple[int, int]]] | None):
     """texts: D documents -> (ids uint32 [T], lens int64 [D], mask uint8 [T] or None); EOS appended to each."""
     tok, eos = _WORKER["tok"], _WORKER["eos"]
-    encs = tok.encode_batch(texts, add_special_tokens=False)
+    encs = tok.encode_batch(texts, add_special_tokens=False) if texts else []
     lens = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
     ids = np.empty(int(lens.sum()), dtype=np.uint32)
     mask = np.ones(len(ids), dtype=np.uint8) if spans is not None else None
@@ -158,27 +170,28 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
         def drain(limit: int) -> None:
             while len(pending) > limit:
                 res, nbytes = pending.popleft()
-                writer.add(*(res.get() if pool is not None else res))
+                ids, lens, mask, bad = res.get() if pool is not None else res
+                writer.add(ids, lens, mask)
+                for reason, count in bad.items():
+                    skipped[reason] = skipped.get(reason, 0) + count
                 bar.update(nbytes)
 
-        def submit(texts, spans) -> None:
-            nbytes = sum(len(t) for t in texts)
-            args = (texts, spans if with_mask else None)
-            pending.append((pool.apply_async(_encode, args) if pool is not None else _encode(*args), nbytes))
+        def submit(items, nbytes) -> None:
+            args = (items, fmt, text_field, skip_bad)
+            pending.append((pool.apply_async(_process, args) if pool is not None else _process(*args), nbytes))
             drain(2 * workers)
 
         for f in files:
             h: dict = {}
-            texts, spans, chars = [], [], 0
-            for doc in read_docs(f, fmt, text_field=text_field, hasher_out=h, skipped=skipped):
-                texts.append(doc.text)
-                spans.append(doc.response_spans)
-                chars += len(doc.text)
-                if len(texts) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
-                    submit(texts, spans)
-                    texts, spans, chars = [], [], 0
-            if texts:
-                submit(texts, spans)
+            items, size = [], 0
+            for item in read_items(f, fmt, hasher_out=h, skipped=skipped):
+                items.append(item)
+                size += item_size(item)
+                if len(items) >= _BATCH_DOCS or size >= _BATCH_CHARS:
+                    submit(items, size)
+                    items, size = [], 0
+            if items:
+                submit(items, size)
             sources.append({"path": os.path.abspath(f), "kind": input_kind(f), "bytes": os.path.getsize(f),
                             "sha256": h.get("sha256")})
         drain(0)

@@ -1,7 +1,8 @@
 """Streaming readers for raw inputs (JSONL, Parquet, plain text; .gz for JSONL/text) and the paper's formatting.
 
-Every reader yields `Doc(text, response_spans, where)` one document at a time (constant memory whatever the
-file size). Formatting (SPEC section 2): chat turns are prefixed "User:" / "Assistant:" ("System:" for system
+`read_items` frames a file into raw items one at a time (constant memory whatever the file size); `item_to_doc`
+turns an item into `Doc(text, response_spans, where)` (prepare runs it in the tokenizer workers, so JSON parsing
+scales with them). Formatting (SPEC section 2): chat turns are prefixed "User:" / "Assistant:" ("System:" for system
 turns) and joined by newlines; question and answer are joined by a single newline; no chat template.
 `response_spans` are the character ranges of the assistant turns / answers, used for the optional prompt loss
 mask. Bad records raise BadInputError naming file and line (Parquet: row), unless the caller counts and skips
@@ -34,8 +35,11 @@ class BadInputError(ValueError):
     """A record that cannot become a document. `reason` is a short key counted under --skip-bad."""
 
     def __init__(self, path: str, line: int, reason: str, detail: str):
-        self.path, self.line, self.reason = path, line, reason
+        self.path, self.line, self.reason, self.detail = path, line, reason, detail
         super().__init__(f"{path}:{line}: {detail} (pass --skip-bad to skip and count such records)")
+
+    def __reduce__(self):  # raised in tokenizer worker processes, re-raised in the parent
+        return BadInputError, (self.path, self.line, self.reason, self.detail)
 
 
 @dataclass
@@ -153,17 +157,87 @@ def input_kind(path: str) -> str:
     return "text"
 
 
-def read_docs(path: str | os.PathLike, fmt: str, *, text_field: str | None = None,
-              hasher_out: dict | None = None, skipped: dict | None = None) -> Iterator[Doc]:
-    """Yield the documents of one input file, streaming. Raises BadInputError on a bad record, or, when
-    `skipped` (a dict reason -> count) is given, counts the record there and goes on. If `hasher_out` is given,
-    its "sha256" key is set to the file's hash once the file has been read to the end."""
+def read_items(path: str | os.PathLike, fmt: str, *, hasher_out: dict | None = None,
+               skipped: dict | None = None) -> Iterator[tuple]:
+    """Frame one input file into raw items, streaming, with as little work as possible (this runs in the
+    parent of the tokenizer workers): ("jsonl", path, line, raw bytes), ("rec", path, row, dict) for Parquet,
+    ("doc", path, first line, text) for plain text. `item_to_doc` (run in the workers) parses and formats.
+    Plain-text decoding errors are raised (or counted in `skipped`) here. If `hasher_out` is given, its
+    "sha256" key is set to the file's hash once the file has been read to the end."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
-    yield from _read_docs(str(path), fmt, text_field, hasher_out, skipped)
+    path = str(path)
+    kind = input_kind(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        row = 0
+        # Record batches keep memory bounded by the batch, not the file.
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                row += 1
+                yield "rec", path, row, rec
+        if hasher_out is not None:
+            from prism_fast.data.shards import file_sha256
+            hasher_out["sha256"] = file_sha256(path)
+        return
+    if kind == "text" and fmt != "text":
+        raise ValueError(f"{path}: plain text input only supports --format text (got {fmt!r}); use JSONL or "
+                         "Parquet for chat / qa records")
+    hasher = HashingReader(open(path, "rb"))
+    if kind == "jsonl":
+        for n, raw in _open_lines(path, hasher):
+            if raw.strip():  # blank lines in JSONL are layout, not records
+                yield "jsonl", path, n, raw
+    else:
+        buf: list[str] = []
+        start, bad = 1, False
+        for n, raw in _open_lines(path, hasher):
+            line = count_or_raise(lambda: _decode(path, n, raw), skipped)
+            if line is None:
+                bad = True  # a document with an undecodable line is dropped whole (counted once per line)
+                continue
+            if line.rstrip("\r\n") == "\f":
+                if not bad:
+                    yield "doc", path, start, "".join(buf)
+                buf, start, bad = [], n + 1, False
+                continue
+            buf.append(line)
+        if (buf or start == 1) and not bad:
+            yield "doc", path, start, "".join(buf)
+    if hasher_out is not None:
+        hasher_out["sha256"] = hasher.sha.hexdigest()
 
 
-def _guard(fn, skipped: dict | None):
+def item_to_doc(item: tuple, fmt: str, text_field: str | None = None) -> Doc:
+    """Parse and format one item of `read_items`; raises BadInputError naming file and line."""
+    kind, path, n, payload = item
+    if kind == "jsonl":
+        return format_record(_parse_json(path, n, payload), fmt, path, n, text_field)
+    if kind == "rec":
+        return format_record(_decode_row(path, n, payload), fmt, path, n, text_field)
+    return _nonempty(Doc(payload, [], (path, n)))
+
+
+def item_size(item: tuple) -> int:
+    """Rough size in bytes / characters, for batching."""
+    payload = item[3]
+    if isinstance(payload, dict):
+        return sum(len(v) for v in payload.values() if isinstance(v, (str, bytes)))
+    return len(payload)
+
+
+def read_docs(path: str | os.PathLike, fmt: str, *, text_field: str | None = None,
+              hasher_out: dict | None = None, skipped: dict | None = None) -> Iterator[Doc]:
+    """Yield the documents of one input file in this process, streaming. Raises BadInputError on a bad record,
+    or, when `skipped` (a dict reason -> count) is given, counts it there and goes on."""
+    for item in read_items(path, fmt, hasher_out=hasher_out, skipped=skipped):
+        doc = count_or_raise(lambda: item_to_doc(item, fmt, text_field), skipped)
+        if doc is not None:
+            yield doc
+
+
+def count_or_raise(fn, skipped: dict | None):
     """Run fn(); on BadInputError count it in `skipped` (return None) or re-raise."""
     try:
         return fn()
@@ -174,69 +248,12 @@ def _guard(fn, skipped: dict | None):
         return None
 
 
-def _read_docs(path: str, fmt: str, text_field: str | None, hasher_out: dict | None,
-               skipped: dict | None = None) -> Iterator[Doc]:
-    kind = input_kind(path)
-    if kind == "parquet":
-        yield from _read_parquet(path, fmt, text_field, skipped)
-        if hasher_out is not None:
-            from prism_fast.data.shards import file_sha256
-            hasher_out["sha256"] = file_sha256(path)
-        return
-    hasher = HashingReader(open(path, "rb"))
-    if kind == "jsonl":
-        for n, raw in _open_lines(path, hasher):
-            if not raw.strip():
-                continue  # blank lines in JSONL are layout, not records
-            doc = _guard(lambda: format_record(_parse_json(path, n, raw), fmt, path, n, text_field), skipped)
-            if doc is not None:
-                yield doc
-    else:
-        if fmt != "text":
-            raise ValueError(f"{path}: plain text input only supports --format text (got {fmt!r}); use JSONL or "
-                             "Parquet for chat / qa records")
-        buf: list[str] = []
-        start, bad = 1, None
-        for n, raw in _open_lines(path, hasher):
-            line = _guard(lambda: _decode(path, n, raw), skipped)
-            if line is None:
-                bad = True  # a document with an undecodable line is dropped whole (counted once per line)
-                continue
-            if line.rstrip("\r\n") == "\f":
-                doc = None if bad else _guard(lambda: _nonempty(Doc("".join(buf), [], (path, start))), skipped)
-                if doc is not None:
-                    yield doc
-                buf, start, bad = [], n + 1, None
-                continue
-            buf.append(line)
-        if (buf or start == 1) and not bad:
-            doc = _guard(lambda: _nonempty(Doc("".join(buf), [], (path, start))), skipped)
-            if doc is not None:
-                yield doc
-    if hasher_out is not None:
-        hasher_out["sha256"] = hasher.sha.hexdigest()
-
-
 def _parse_json(path: str, n: int, raw: bytes):
     text = _decode(path, n, raw)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInputError(path, n, "bad_json", f"malformed JSON ({e.msg} at column {e.colno})") from None
-
-
-def _read_parquet(path: str, fmt: str, text_field: str | None, skipped: dict | None) -> Iterator[Doc]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    row = 0
-    # Record batches keep memory bounded by the batch, not the file.
-    for batch in pf.iter_batches(batch_size=1024):
-        for rec in batch.to_pylist():
-            row += 1
-            doc = _guard(lambda: format_record(_decode_row(path, row, rec), fmt, path, row, text_field), skipped)
-            if doc is not None:
-                yield doc
 
 
 def _decode_row(path: str, row: int, rec: dict) -> dict:

@@ -125,6 +125,9 @@ def open_shard(path: str | os.PathLike, expected_fingerprint: str | None = None)
     """Open and validate a shard directory (see module docstring). Raises ValueError naming the bad file."""
     d = Path(path)
     meta_path = d / "meta.json"
+    if not d.is_dir():
+        raise ValueError(f"shard directory {d} does not exist; make it with `python -m prism_fast.data prepare "
+                         f"--input FILES --tokenizer TOK --out {d}`")
     if not meta_path.exists():
         partial = sorted(p.name for p in d.glob("*.partial")) if d.is_dir() else []
         hint = f" (found partial files {partial}: a prepare run crashed or is running)" if partial else ""
