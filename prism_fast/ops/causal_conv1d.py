@@ -72,6 +72,18 @@ def _cuda_lib():
     return None
 
 
+@functools.cache
+def cuda_lib_usable() -> bool:
+    """True when the library is built AND its (statically linked, CUDA 13) runtime sees a device. Why not just
+    torch.cuda.is_available(): torch may run on an older driver than the library's runtime needs, in which case
+    "auto" must fall back to Triton instead of failing at the first call."""
+    lib = _cuda_lib()
+    if lib is None:
+        return False
+    n = ctypes.c_int(0)
+    return lib.prism_cuda_device_count(ctypes.byref(n)) == 0 and n.value > 0
+
+
 def _need_cuda(*tensors):
     """The library plus its checks: loaded, tensors on a CUDA device, supported dtype. Raises RuntimeError."""
     lib = _cuda_lib()
@@ -199,7 +211,7 @@ def causal_conv1d(x, weight, bias=None, *, seq_idx=None, activation=None, backen
                          f"got {tuple(weight.shape)} (squeeze nn.Conv1d's [C, 1, W] weight)")
     auto = ["torch"]
     if x.is_cuda:
-        auto = (["cuda"] if _cuda_lib() is not None else []) + (["triton"] if triton_usable("cuda") else []) + auto
+        auto = (["cuda"] if cuda_lib_usable() else []) + (["triton"] if triton_usable("cuda") else []) + auto
     b = resolve("causal_conv1d", backend, _VALID, auto)
     if b == "torch":
         return causal_conv1d_ref(x, weight, bias, seq_idx=seq_idx, activation=activation)

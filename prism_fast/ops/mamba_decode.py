@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from prism_fast.ops._dispatch import resolve, triton_usable
-from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda
+from prism_fast.ops.causal_conv1d import causal_conv1d_update_cuda, cuda_lib_usable
 from prism_fast.ops.ssd_chunk_scan import _prep_dt
 
 _VALID = ("torch", "triton", "cuda", "mamba_ssm")
@@ -81,7 +81,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, activation=None, b
     backend: "torch" (the reference) or "cuda" (csrc/conv1d's decode kernel, auto on CUDA when the library was
     built and conv_state has x's dtype)."""
     auto = ["torch"]
-    if x.is_cuda and conv_state.dtype == x.dtype and _cuda_lib() is not None:
+    if x.is_cuda and conv_state.dtype == x.dtype and cuda_lib_usable():
         auto = ["cuda", "torch"]
     b = resolve("causal_conv1d_update", backend, _VALID, auto)
     if b == "torch":

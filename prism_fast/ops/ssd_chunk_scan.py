@@ -126,7 +126,9 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bia
     seg_diff = (Acum[..., :, None] - Acum[..., None, :]).masked_fill(~mask, float("-inf"))
     decay = torch.exp(seg_diff)                                                  # [B, G, R, nc, L, L]
     CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)                             # [B, G, nc, L, L]
-    y = torch.einsum("bgcls,bgrcls,bgrcs,bcsgrp->bclgrp", CB, decay, dtc, xc)
+    # Explicit pairwise products: a 4-operand einsum may contract in an order that builds huge intermediates.
+    M = CB[:, :, None] * decay * dtc[..., None, :]                              # [B, G, R, nc, L, L]
+    y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, xc)
     decay_states = torch.exp(Acum[..., -1:] - Acum) * emask * dtc               # [B, G, R, nc, L]
     states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_states, xc)   # [B, nc, G, R, P, N]
     S = (initial_states.float().reshape(Bsz, G, R, P, N) if initial_states is not None

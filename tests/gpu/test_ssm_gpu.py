@@ -11,7 +11,7 @@ import torch
 
 from prism_fast.ops import causal_conv1d, causal_conv1d_ref, ssd_chunk_scan, ssd_scan_naive
 from prism_fast.ops._dispatch import has_module
-from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda
+from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda, cuda_lib_usable
 from prism_fast.ops.mamba_decode import causal_conv1d_update_ref
 from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan_ref
 
@@ -120,7 +120,17 @@ def _conv_fb(fn, x, w, b, dout):
 
 
 def _conv_backends():
-    return ["triton"] + (["cuda"] if _cuda_lib() is not None else [])
+    return ["triton"] + (["cuda"] if cuda_lib_usable() else [])
+
+
+@pytest.mark.skipif(_cuda_lib() is None, reason="libprism_cuda.so not built")
+def test_cuda_library_sees_the_gpu():
+    """Fails (with the runtime's reason) when the library's static CUDA runtime cannot use this driver: the
+    "cuda" conv backend is then skipped by "auto" and by the tests below."""
+    import ctypes
+    lib, n = _cuda_lib(), ctypes.c_int(0)
+    err = lib.prism_cuda_device_count(ctypes.byref(n))
+    assert err == 0 and n.value > 0, f"libprism_cuda.so: {lib.prism_cuda_error_string(err).decode()}"
 
 
 @pytest.mark.parametrize("backend", _conv_backends())
@@ -153,7 +163,7 @@ def test_conv1d_bf16_error_budget(backend):
         assert _err(a, r) <= budget, f"{name}: {_err(a, r):.3e} > {budget:.3e}"
 
 
-@pytest.mark.skipif(_cuda_lib() is None, reason="libprism_cuda.so not built")
+@pytest.mark.skipif(not cuda_lib_usable(), reason="libprism_cuda.so not built or not usable here")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_conv1d_update_cuda(dtype):
     Bsz, C, W = 5, 1000, 4

@@ -16,7 +16,7 @@ import torch
 
 import prism_fast
 from prism_fast.ops import causal_conv1d, causal_conv1d_ref
-from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda
+from prism_fast.ops.causal_conv1d import _cuda_lib, causal_conv1d_update_cuda, cuda_lib_usable
 from prism_fast.ops.mamba_decode import causal_conv1d_update_ref
 from tests.aot_util import aot_compile, assert_all_compiled
 
@@ -158,6 +158,7 @@ def test_cuda_backend_without_gpu_says_it_needs_one():
     lib = _cuda_lib()
     n = ctypes.c_int(-1)
     assert lib.prism_cuda_device_count(ctypes.byref(n)) != 0      # the C side reports the missing device/driver
+    assert not cuda_lib_usable()                                   # so "auto" never picks it
     x, w = torch.randn(1, 4, 8), torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         causal_conv1d(x, w, backend="cuda")
