@@ -162,10 +162,12 @@ class FusedLinearCrossEntropyFn(torch.autograd.Function):
             ctx.consumed = True
             dh, dw = ctx.saved_tensors
             # In place: these buffers are ours and used once (the consumed flag above guards a second use).
+            # g_loss stays fp32 (a 0-dim tensor does not change the result dtype): 1/grad_accum_steps or
+            # 1/global_tokens must not be rounded to bf16 before scaling.
             if dh is not None:
-                dh.mul_(g_loss.to(dh.dtype))
+                dh.mul_(g_loss)
             if dw is not None:
-                dw.mul_(g_loss.to(dw.dtype))
+                dw.mul_(g_loss)
         dh = None if dh is None else dh.to(ctx.hidden_dtype)
         dw = None if dw is None else dw.to(ctx.weight_dtype)
         return dh, dw, None, None, None, None, None, None, None
@@ -214,6 +216,11 @@ def fused_linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, red
         if b == "triton" and not triton_usable(hidden.device.type):
             raise RuntimeError("fused_linear_cross_entropy: backend 'triton' needs a CUDA tensor (or "
                                "TRITON_INTERPRET=1 for CPU tests); use backend='torch' on CPU")
+        if b == "triton":
+            # The row kernel indexes the logits with the label: an out-of-range label would read out of bounds.
+            # Checked on device without a host sync (a device-side assert on CUDA, like F.cross_entropy's).
+            torch._assert_async(((y == ignore_index) | ((y >= 0) & (y < weight.shape[0]))).all(),
+                                "fused_linear_cross_entropy: labels must be in [0, V) or ignore_index")
         kw = dict(impl=b, ignore_index=ignore_index, logit_scale=float(logit_scale), z_loss=float(z_loss),
                   chunk_size=chunk_size)
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):

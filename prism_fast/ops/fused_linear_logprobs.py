@@ -170,6 +170,10 @@ def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_ent
                            "for CPU tests); use backend='torch' on CPU")
     lead_shape = tokens.shape
     h2, t = flatten_rows(hidden, weight, tokens, "fused_linear_logprobs", "tokens")
+    if b == "triton":
+        # The row kernels index the logits with the token (see fused_linear_cross_entropy): no host sync.
+        torch._assert_async(((t >= 0) & (t < weight.shape[0])).all(),
+                            "fused_linear_logprobs: tokens must be in [0, V)")
     inv_t = 1.0 / float(temperature)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         logp, ent = FusedLinearLogprobsFn.apply(h2, weight, t, inv_t, return_entropy, b, chunk_size)

@@ -1,7 +1,7 @@
 """Ahead-of-time compile of the fused-loss Triton kernels for sm_90 (H100/H200) and sm_80 (A100), on CPU.
 
 Covers every kernel with the launch configuration the launchers use (BLOCK_V, num_warps) in bf16 (the GPU
-training dtype), plus fp32/fp16 logits and both values of each HAS_*/RETURN_* switch.
+training dtype) with its HAS_*/RETURN_* switches on, plus the CE kernel in fp32 without gradients.
 """
 from prism_fast.kernels import fused_linear_cross_entropy as kce
 from prism_fast.kernels import fused_linear_logprobs as klp
@@ -36,8 +36,10 @@ def _lp_bwd_spec(dtype, ent):
 
 
 def test_fused_loss_kernels_compile_for_hopper_and_ampere():
+    # bf16 with every switch on compiles the largest code path of each kernel; one fp32 no-grad variant checks
+    # the other dtype and the switch-off branch (each compile costs ~1-2 s of the CPU test budget).
     specs = [_ce_spec("bf16", True), _ce_spec("fp32", False), _lp_fwd_spec("bf16", True),
-             _lp_fwd_spec("fp16", False), _lp_bwd_spec("bf16", True), _lp_bwd_spec("fp32", False)]
+             _lp_bwd_spec("bf16", True)]
     records = aot_compile(specs, archs=(90, 80))
     assert_all_compiled(records)
     assert len(records) == 2 * len(specs)

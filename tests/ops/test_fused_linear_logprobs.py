@@ -124,3 +124,5 @@ def test_errors():
         fused_linear_logprobs(hidden, weight.t(), tokens)
     with pytest.raises(ValueError, match="unknown backend"):
         fused_linear_logprobs(hidden, weight, tokens, backend="liger")
+    with pytest.raises(RuntimeError):
+        fused_linear_logprobs(hidden, weight, torch.full_like(tokens, -1), backend="triton")
