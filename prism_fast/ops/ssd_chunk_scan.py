@@ -13,6 +13,8 @@ A document start (seq_idx[t] != seq_idx[t-1]) uses S_{t-1} = 0; initial_states a
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -152,34 +154,69 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bia
     return y
 
 
-class SsdChunkScanFn(torch.autograd.Function):
-    """Triton forward/backward (prism_fast.kernels.ssd_*). Saves only the inputs and the (pre-gate) output; the
-    backward recomputes dt, dA_cumsum, CB and the chunk states (see kernels/ssd_combined.py)."""
+# Triton backend as torch custom ops (forward and backward): torch.compile sees opaque nodes with shape-only fake
+# implementations and an autograd formula instead of tracing the launch pipeline. The forward saves only the
+# inputs and the (pre-gate) output; the backward recomputes dt, dA_cumsum, CB and the chunk states
+# (kernels/ssd_combined.py). Absent optional results travel as empty tensors (custom ops cannot return None).
 
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_limit):
-        from prism_fast.kernels.ssd_combined import ssd_combined_fwd
-        A, D, dt_bias = A.contiguous(), (D.contiguous() if D is not None else None), (
-            dt_bias.contiguous() if dt_bias is not None else None)
-        out, y_pre, final = ssd_combined_fwd(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
-                                             dt_softplus=dt_softplus, dt_limit=dt_limit, seg=seg,
-                                             initial_states=initial_states)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg,
-                              y_pre if y_pre is not None else out)
-        ctx.cfg = (chunk_size, dt_softplus, dt_limit)
-        return out, final
+@torch.library.custom_op("prism::ssd_chunk_scan_fwd", mutates_args=())
+def _ssd_fwd_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                initial_states: Optional[torch.Tensor], seg: Optional[torch.Tensor], chunk_size: int,
+                dt_softplus: bool, dt_min: float, dt_max: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out [B, T, H, P], y_pre (pre-gate output; empty without z), final_states [B, H, P, N] fp32)."""
+    from prism_fast.kernels.ssd_combined import ssd_combined_fwd
+    out, y_pre, final = ssd_combined_fwd(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                                         dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), seg=seg,
+                                         initial_states=initial_states)
+    return out, (y_pre if y_pre is not None else x.new_empty(0)), final
 
-    @staticmethod
-    def backward(ctx, dout, dfinal):
-        from prism_fast.kernels.ssd_combined import ssd_combined_bwd
-        x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre = ctx.saved_tensors
-        chunk_size, dt_softplus, dt_limit = ctx.cfg
-        dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = ssd_combined_bwd(
-            dout, dfinal, x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-            dt_limit=dt_limit, seg=seg, initial_states=initial_states, y_pre=y_pre)
-        cast = lambda g, ref: None if g is None else g.to(ref.dtype)  # noqa: E731
-        return (dx, ddt, cast(dA, A), dB, dC, cast(dD, D), dz, cast(ddt_bias, dt_bias), cast(dinit, initial_states),
-                None, None, None, None)
+
+@_ssd_fwd_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_min, dt_max):
+    Bsz, T, H, P = x.shape
+    return (x.new_empty(x.shape), x.new_empty(x.shape if z is not None else (0,)),
+            x.new_empty((Bsz, H, P, B.shape[3]), dtype=torch.float32))
+
+
+@torch.library.custom_op("prism::ssd_chunk_scan_bwd", mutates_args=())
+def _ssd_bwd_op(dout: torch.Tensor, dfinal: Optional[torch.Tensor], x: torch.Tensor, dt: torch.Tensor,
+                A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor],
+                z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor],
+                seg: Optional[torch.Tensor], y_pre: torch.Tensor, chunk_size: int, dt_softplus: bool, dt_min: float,
+                dt_max: float) -> list[torch.Tensor]:
+    """Returns [dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states] (empty where the input is absent)."""
+    from prism_fast.kernels.ssd_combined import ssd_combined_bwd
+    grads = ssd_combined_bwd(dout, dfinal, x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias,
+                             dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), seg=seg,
+                             initial_states=initial_states, y_pre=y_pre)
+    refs = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    return [x.new_empty(0) if g is None else g.to(r.dtype) for g, r in zip(grads, refs)]
+
+
+@_ssd_bwd_op.register_fake
+def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre, chunk_size, dt_softplus, dt_min,
+      dt_max):
+    return [t.new_empty(t.shape) if t is not None else x.new_empty(0)
+            for t in (x, dt, A, B, C, D, z, dt_bias, initial_states)]
+
+
+def _ssd_setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_min, dt_max = inputs
+    out, y_pre, _ = output
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre if z is not None else out)
+    ctx.cfg = (chunk_size, dt_softplus, dt_min, dt_max)
+
+
+def _ssd_backward(ctx, dout, dy_pre, dfinal):
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre = ctx.saved_tensors
+    grads = _ssd_bwd_op(dout.contiguous(), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre,
+                        *ctx.cfg)
+    present = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    return (*[g if t is not None else None for g, t in zip(grads, present)], None, None, None, None, None)
+
+
+_ssd_fwd_op.register_autograd(_ssd_backward, setup_context=_ssd_setup_context)
 
 
 def _check(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx):
@@ -239,6 +276,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bias=No
     if x.shape[1] == 0:
         return ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size, **kw)
     seg = _segments(seq_idx, -(-x.shape[1] // chunk_size) * chunk_size) if seq_idx is not None else None
-    out, final = SsdChunkScanFn.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size,
-                                      dt_softplus, tuple(float(v) for v in dt_limit))
+    contig = lambda t: t.contiguous() if t is not None else None  # noqa: E731  (small parameter tensors)
+    out, _, final = _ssd_fwd_op(x, dt, A.contiguous(), B, C, contig(D), z, contig(dt_bias), contig(initial_states),
+                                seg, chunk_size, bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]))
     return (out, final) if return_final_states else out

@@ -138,6 +138,26 @@ def test_strided_views_and_plain_options():
     _assert_close("y", y, ssd_scan_naive(x, dt, A, B, C), ATOL, RTOL)
 
 
+@pytest.mark.slow
+def test_custom_op_opcheck_and_compile():
+    """prism::ssd_chunk_scan_fwd/bwd: schema, fake impl, autograd registration (opcheck), and one fullgraph
+    torch.compile (aot_eager: fake tensors + the registered backward) with seq_idx and z."""
+    from prism_fast.ops.ssd_chunk_scan import _segments, _ssd_fwd_op
+    args, kw = _inputs(1, 20, 2, 1, 8, 8, seed=5)
+    leaves = [t.requires_grad_() for t in args + [kw["D"], kw["z"]]]
+    seg = _segments(torch.tensor([[0] * 7 + [1] * 13]), 32)
+    res = torch.library.opcheck(_ssd_fwd_op, (*leaves, None, None, seg, 16, True, 0.0, float("inf")))
+    assert all(v == "SUCCESS" for v in res.values()), res
+    fn = torch.compile(lambda *a: ssd_chunk_scan(*a[:5], 16, D=a[5], z=a[6], dt_softplus=True, backend="triton"),
+                       backend="aot_eager", fullgraph=True)
+    fn(*leaves).sum().backward()
+    grads = [t.grad for t in leaves]
+    want = torch.autograd.grad(ssd_chunk_scan_ref(*leaves[:5], 16, D=leaves[5], z=leaves[6], dt_softplus=True).sum(),
+                               leaves)
+    for g_, w_ in zip(grads, want):
+        _assert_close("compiled grad", g_, w_, ATOL_G * 5, RTOL_G)
+
+
 def test_user_errors():
     args, _ = _inputs(1, 8, 2, 1, 8, 8)
     with pytest.raises(ValueError, match="power of two"):
