@@ -8,31 +8,31 @@ from prism_fast.kernels import fused_linear_logprobs as klp
 from tests.aot_util import aot_compile, assert_all_compiled
 
 
+def _spec(mod, kernel, args: str, dtype, switches: dict):
+    """args: 'name:type' pairs, comma separated; 'L' stands for the logits pointer type `*dtype`."""
+    sig = dict(a.split(":") for a in args.replace(" ", "").split(","))
+    sig = {k: (f"*{dtype}" if t == "L" else t) for k, t in sig.items()}
+    sig.update({k: "constexpr" for k in [*switches, "BLOCK"]})
+    return {"module": mod.__name__, "kernel": kernel, "signature": sig,
+            "constexprs": {**switches, "BLOCK": mod.BLOCK_V}, "num_warps": mod.NUM_WARPS}
+
+
 def _ce_spec(dtype, has_grad):
-    return {"module": "prism_fast.kernels.fused_linear_cross_entropy", "kernel": "_flce_chunk_kernel",
-            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Labels_ptr": "*i64",
-                          "Loss_ptr": "*fp32", "Lse_ptr": "*fp32", "G_ptr": "*fp32", "G_stride": "i32",
-                          "V": "i32", "ignore_index": "i32", "logit_scale": "fp32", "z_loss": "fp32",
-                          "HAS_GRAD": "constexpr", "BLOCK": "constexpr"},
-            "constexprs": {"HAS_GRAD": has_grad, "BLOCK": kce.BLOCK_V}, "num_warps": kce.NUM_WARPS}
+    return _spec(kce, "_flce_chunk_kernel", "Logits_ptr:L, Logits_stride:i32, Labels_ptr:*i64, Loss_ptr:*fp32, "
+                 "Lse_ptr:*fp32, G_ptr:*fp32, G_stride:i32, V:i32, ignore_index:i32, logit_scale:fp32, "
+                 "z_loss:fp32", dtype, {"HAS_GRAD": has_grad})
 
 
 def _lp_fwd_spec(dtype, ent):
-    return {"module": "prism_fast.kernels.fused_linear_logprobs", "kernel": "_fllp_fwd_kernel",
-            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Tokens_ptr": "*i64",
-                          "Logp_ptr": "*fp32", "Ent_ptr": "*fp32", "Lse_ptr": "*fp32", "V": "i32",
-                          "inv_temperature": "fp32", "log_v": "fp32", "RETURN_ENTROPY": "constexpr",
-                          "BLOCK": "constexpr"},
-            "constexprs": {"RETURN_ENTROPY": ent, "BLOCK": klp.BLOCK_V}, "num_warps": klp.NUM_WARPS}
+    return _spec(klp, "_fllp_fwd_kernel", "Logits_ptr:L, Logits_stride:i32, Tokens_ptr:*i64, Logp_ptr:*fp32, "
+                 "Ent_ptr:*fp32, Lse_ptr:*fp32, V:i32, inv_temperature:fp32, log_v:fp32", dtype,
+                 {"RETURN_ENTROPY": ent})
 
 
 def _lp_bwd_spec(dtype, ent):
-    return {"module": "prism_fast.kernels.fused_linear_logprobs", "kernel": "_fllp_bwd_kernel",
-            "signature": {"Logits_ptr": f"*{dtype}", "Logits_stride": "i32", "Tokens_ptr": "*i64",
-                          "Lse_ptr": "*fp32", "Ent_ptr": "*fp32", "GLogp_ptr": "*fp32", "GEnt_ptr": "*fp32",
-                          "V": "i32", "inv_temperature": "fp32", "HAS_ENT_GRAD": "constexpr",
-                          "BLOCK": "constexpr"},
-            "constexprs": {"HAS_ENT_GRAD": ent, "BLOCK": klp.BLOCK_V}, "num_warps": klp.NUM_WARPS}
+    return _spec(klp, "_fllp_bwd_kernel", "Logits_ptr:L, Logits_stride:i32, Tokens_ptr:*i64, Lse_ptr:*fp32, "
+                 "Ent_ptr:*fp32, GLogp_ptr:*fp32, GEnt_ptr:*fp32, V:i32, inv_temperature:fp32", dtype,
+                 {"HAS_ENT_GRAD": ent})
 
 
 def test_fused_loss_kernels_compile_for_hopper_and_ampere():
