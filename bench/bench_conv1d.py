@@ -8,7 +8,7 @@ packed (8 documents, seq_idx). Providers: "torch" (causal_conv1d_ref), "cuda" (c
 "causal_conv1d" (Dao-AILab's package, when installed). GB/s counts the compulsory traffic only: forward reads x
 and writes out (2 B C T elements); forward+backward adds reading x and dout and writing dx (5 in total).
     python bench/bench_conv1d.py --device cuda --quick      (GPU check: bf16, 8k tokens)
-    python bench/bench_conv1d.py --device cpu --quick       (CPU: torch reference only, fp32, 2048 tokens)
+    python bench/bench_conv1d.py --device cpu --quick       (CPU: torch reference only, fp32, 1024 tokens)
 Rows go to bench/results/causal_conv1d.csv.
 """
 from __future__ import annotations
@@ -72,19 +72,20 @@ def bench_shape(name, C, T, device, dtype, reps, packs):
                     rows.append(row("causal_conv1d", prov, mode, "peak_mem", "MiB", T, mem, config=cfg,
                                     device=device))
                 table.append((name, packed, prov, mode, p50, gbs))
+                print(f"  measured {name} packed={packed} {prov} {mode}: {p50:.3f} ms", flush=True)
     return rows, table
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tokens", type=int, default=None, help="default: 8192 (cuda), 2048 (cpu)")
+    ap.add_argument("--tokens", type=int, default=None, help="default: 8192 (cuda), 1024 (cpu)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    args.tokens = args.tokens or (8192 if device.type == "cuda" else 2048)
+    args.tokens = args.tokens or (8192 if device.type == "cuda" else 1024)
     reps = (10 if args.quick else 50) if device.type == "cuda" else (3 if args.quick else 10)
     print(f"# causal_conv1d on {device_name(device)}, {args.tokens} tokens, W {WIDTH}, silu, channels-last, "
           f"{str(dtype)[6:]}, torch {torch.__version__}")
@@ -99,7 +100,7 @@ def main(argv=None):
             t_ref, c_ref = base.get((packed, mode, "torch")), base.get((packed, mode, "causal_conv1d"))
             ratio = f"{t_ref / ms:8.2f}" if t_ref else f"{'-':>8s}"
             cratio = f"{c_ref / ms:8.2f}" if c_ref else f"{'-':>8s}"
-            print(f"{n:22s} {str(packed):6s} {prov:14s} {mode:8s} {ms:9.3f} {ratio} {cratio} {gbs:8.1f}")
+            print(f"{n:22s} {str(packed):6s} {prov:14s} {mode:8s} {ms:9.3f} {ratio} {cratio} {gbs:8.3f}")
     path = append_rows("causal_conv1d", all_rows, overwrite=args.overwrite)
     print(f"# x torch / x c_c1d: speedup over torch / the causal-conv1d package in this run. Rows: {path}")
 

@@ -32,6 +32,23 @@ def mm(a, b, DOT_MODE: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
 
+@triton.jit
+def rows_times_state(A_base, A_stride_t, A_stride_p, t, T, S_base, P, N, offs_n, BLOCK_K: tl.constexpr,
+                     DOT_MODE: tl.constexpr):
+    """sum_p A[t, p] S[p, n] for the rows t [BM] of a [T, P] operand read through strides (rows >= T read as 0)
+    and a contiguous fp32 state S [P, N]: the dC (dY @ S_in) and dB (x @ dS_out) inner products. -> [BM, BN]."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((t.shape[0], offs_n.shape[0]), dtype=tl.float32)
+    for k in range(0, P, BLOCK_K):
+        kk = k + offs_k
+        a = tl.load(A_base + t[:, None] * A_stride_t + kk[None, :] * A_stride_p,
+                    mask=(t < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
+        s = tl.load(S_base + kk[:, None] * N + offs_n[None, :], mask=(kk < P)[:, None] & (offs_n < N)[None, :],
+                    other=0.0)
+        acc += mm(a, s, DOT_MODE)
+    return acc
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm
+from ._ssd_common import block, dot_mode, mm, rows_times_state
 
 
 @triton.jit
@@ -191,16 +191,8 @@ def _ssd_chunk_scan_bwd_dc_kernel(
         h = pid_g * R + r
         a_i = tl.load(DA_CS_ptr + ((pid_b * H + h) * nc + pid_c) * L + offs_i, mask=offs_i < L, other=0.0)
         scale = tl.where(smask, tl.exp(a_i), 0.0)
-        dy_base = DY_ptr + pid_b * DY_stride_b + h * DY_stride_h
-        s_base = S_IN_ptr + (pid_bc * H + h) * P * N
-        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, P, BLOCK_K):
-            kk = k + offs_k
-            dy = tl.load(dy_base + ti[:, None] * DY_stride_t + kk[None, :] * DY_stride_p,
-                         mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
-            s = tl.load(s_base + kk[:, None] * N + offs_n[None, :],
-                        mask=(kk < P)[:, None] & (offs_n < N)[None, :], other=0.0)
-            part += mm(dy, s, DOT_MODE)
+        part = rows_times_state(DY_ptr + pid_b * DY_stride_b + h * DY_stride_h, DY_stride_t, DY_stride_p, ti, T,
+                                S_IN_ptr + (pid_bc * H + h) * P * N, P, N, offs_n, BLOCK_K, DOT_MODE)
         acc += part * scale[:, None]
     dcb_base = DCB_ptr + (pid_bc * G + pid_g) * L * L
     b_base = B_ptr + pid_b * B_stride_b + pid_g * B_stride_g

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm
+from ._ssd_common import block, dot_mode, mm, rows_times_state
 
 
 @triton.jit
@@ -91,16 +91,8 @@ def _ssd_chunk_state_bwd_db_kernel(
         a = tl.load(DA_CS_ptr + cs_base + offs_j, mask=offs_j < L, other=0.0)
         dt = tl.load(DT_OUT_ptr + cs_base + offs_j, mask=offs_j < L, other=0.0)
         scale = tl.where(emask, tl.exp(tl.minimum(a_last - a, 0.0)) * dt, 0.0)
-        x_base = X_ptr + pid_b * X_stride_b + h * X_stride_h
-        ds_base = DS_OUT_ptr + (pid_bc * H + h) * P * N
-        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, P, BLOCK_K):
-            kk = k + offs_k
-            x = tl.load(x_base + tj[:, None] * X_stride_t + kk[None, :] * X_stride_p,
-                        mask=(tj < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
-            ds = tl.load(ds_base + kk[:, None] * N + offs_n[None, :],
-                         mask=(kk < P)[:, None] & (offs_n < N)[None, :], other=0.0)
-            part += mm(x, ds, DOT_MODE)
+        part = rows_times_state(X_ptr + pid_b * X_stride_b + h * X_stride_h, X_stride_t, X_stride_p, tj, T,
+                                DS_OUT_ptr + (pid_bc * H + h) * P * N, P, N, offs_n, BLOCK_K, DOT_MODE)
         acc += part * scale[:, None]
     # Intra-chunk part: dB_j += sum_{i >= j} dCB[i, j] C_i (dCB is already masked and summed over heads).
     dcb_base = DCB_ptr + (pid_bc * G + pid_g) * L * L

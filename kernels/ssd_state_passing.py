@@ -18,6 +18,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _chunk_decay(DA_CS_ptr, SEG_ptr, pid_b, pid_h, c, H, nc, L: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """exp(Acum_last[c]) [seg_last[c] == seg_prev[c]]: how much of the carried-in state survives chunk c."""
+    scale = tl.exp(tl.load(DA_CS_ptr + ((pid_b * H + pid_h) * nc + c) * L + L - 1))
+    if HAS_SEQ:
+        seg_last = tl.load(SEG_ptr + pid_b * nc * L + c * L + L - 1)
+        seg_prev = tl.load(SEG_ptr + pid_b * nc * L + c * L - 1, mask=c > 0, other=0)
+        scale = tl.where(seg_last == seg_prev, scale, 0.0)
+    return scale
+
+
+@triton.jit
 def _ssd_state_passing_fwd_kernel(
     STATES_ptr, DA_CS_ptr, SEG_ptr, INIT_ptr, FINAL_ptr,
     H, nc, DIM,
@@ -34,12 +45,7 @@ def _ssd_state_passing_fwd_kernel(
         ptr = STATES_ptr + ((pid_b * nc + c) * H + pid_h) * DIM + offs
         own = tl.load(ptr, mask=m, other=0.0)
         tl.store(ptr, s, mask=m)
-        scale = tl.exp(tl.load(DA_CS_ptr + ((pid_b * H + pid_h) * nc + c) * L + L - 1))
-        if HAS_SEQ:
-            seg_last = tl.load(SEG_ptr + pid_b * nc * L + c * L + L - 1)
-            seg_prev = tl.load(SEG_ptr + pid_b * nc * L + c * L - 1, mask=c > 0, other=0)
-            scale = tl.where(seg_last == seg_prev, scale, 0.0)
-        s = scale * s + own
+        s = _chunk_decay(DA_CS_ptr, SEG_ptr, pid_b, pid_h, c, H, nc, L, HAS_SEQ) * s + own
     tl.store(FINAL_ptr + (pid_b * H + pid_h) * DIM + offs, s, mask=m)
 
 
@@ -62,11 +68,7 @@ def _ssd_state_passing_bwd_kernel(
         ds = tl.load(DSTATES_ptr + off, mask=m, other=0.0)
         tl.store(DSTATES_ptr + off, g, mask=m)
         s_in = tl.load(S_IN_ptr + off, mask=m, other=0.0)
-        scale = tl.exp(tl.load(DA_CS_ptr + ((pid_b * H + pid_h) * nc + c) * L + L - 1))
-        if HAS_SEQ:
-            seg_last = tl.load(SEG_ptr + pid_b * nc * L + c * L + L - 1)
-            seg_prev = tl.load(SEG_ptr + pid_b * nc * L + c * L - 1, mask=c > 0, other=0)
-            scale = tl.where(seg_last == seg_prev, scale, 0.0)
+        scale = _chunk_decay(DA_CS_ptr, SEG_ptr, pid_b, pid_h, c, H, nc, L, HAS_SEQ)
         tl.store(DDA_PART_ptr + ((pid_b * H + pid_h) * nc + c) * n_blk + pid_blk, scale * tl.sum(g * s_in, axis=0))
         g = scale * g + ds
     tl.store(DINIT_ptr + (pid_b * H + pid_h) * DIM + offs, g, mask=m)
