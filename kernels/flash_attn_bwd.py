@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .flash_attn_fwd import (LOG2E, _block_ranges, _load_tile, _visible, pick_dot_lowp, window_bounds,
-                             work_items)
+from .flash_attn_fwd import (LOG2E, _block_ranges, _doc_span, _load_tile, _run, _visible, pick_dot_lowp,
+                             window_bounds, work_items)
 
 
 @triton.jit
@@ -77,10 +77,7 @@ def _varlen_attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, WORK_DOC, 
     doc = tl.load(WORK_DOC + item)
     if doc >= n_docs:
         return
-    nblk = tl.load(WORK_BLK + item)
-    start = tl.load(CU + doc)
-    seqlen = tl.load(CU + doc + 1) - start
-    tok0 = start.to(tl.int64)
+    tok0, seqlen, nblk = _doc_span(CU, WORK_BLK, item, doc)
     c0 = nblk * BLOCK_N
     c1 = tl.minimum(c0 + BLOCK_N, seqlen)
     cols = c0 + tl.arange(0, BLOCK_N)
@@ -101,15 +98,11 @@ def _varlen_attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, WORK_DOC, 
         do_base = DO + tok0 * stride_dot + h * stride_doh
         lse_base = LSE + h * stride_lh + tok0
         delta_base = DELTA + h * stride_lh + tok0
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, cols,
-                             offs_m, offs_d, lo, n_pre, seqlen, window_left, window_right, qk_scale2, True,
-                             HEAD_DIM, BLOCK_M, BLOCK_D, DOT_LOWP)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, cols,
-                             offs_m, offs_d, lo + n_pre * BLOCK_M, n_full, seqlen, window_left, window_right,
-                             qk_scale2, False, HEAD_DIM, BLOCK_M, BLOCK_D, DOT_LOWP)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, cols,
-                             offs_m, offs_d, lo + (n_pre + n_full) * BLOCK_M, n_post, seqlen, window_left,
-                             window_right, qk_scale2, True, HEAD_DIM, BLOCK_M, BLOCK_D, DOT_LOWP)
+        for phase in tl.static_range(3):
+            s0, nb = _run(lo, n_pre, n_full, n_post, phase, BLOCK_M)
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, cols,
+                                 offs_m, offs_d, s0, nb, seqlen, window_left, window_right, qk_scale2, phase != 1,
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, DOT_LOWP)
     mask = col_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     c64 = cols[:, None].to(tl.int64)
     tl.store(DK + tok0 * stride_dkt + kvh * stride_dkh + c64 * stride_dkt + offs_d[None, :],
@@ -149,10 +142,7 @@ def _varlen_attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, WORK_DOC, WORK_B
     doc = tl.load(WORK_DOC + item)
     if doc >= n_docs:
         return
-    mblk = tl.load(WORK_BLK + item)
-    start = tl.load(CU + doc)
-    seqlen = tl.load(CU + doc + 1) - start
-    tok0 = start.to(tl.int64)
+    tok0, seqlen, mblk = _doc_span(CU, WORK_BLK, item, doc)
     kvh = h // GROUP
     r0 = mblk * BLOCK_M
     r1 = tl.minimum(r0 + BLOCK_M, seqlen)
@@ -170,26 +160,24 @@ def _varlen_attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, WORK_DOC, WORK_B
     v_base = V + tok0 * stride_vt + kvh * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, n_pre, n_full, n_post = _block_ranges(r0, r1, seqlen, window_left, window_right, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d, lo, n_pre,
-                   seqlen, window_left, window_right, qk_scale2, True, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_LOWP)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
-                   lo + n_pre * BLOCK_N, n_full, seqlen, window_left, window_right, qk_scale2, False, HEAD_DIM,
-                   BLOCK_N, BLOCK_D, DOT_LOWP)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
-                   lo + (n_pre + n_full) * BLOCK_N, n_post, seqlen, window_left, window_right, qk_scale2, True,
-                   HEAD_DIM, BLOCK_N, BLOCK_D, DOT_LOWP)
+    for phase in tl.static_range(3):
+        s0, nb = _run(lo, n_pre, n_full, n_post, phase, BLOCK_N)
+        dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d, s0, nb,
+                       seqlen, window_left, window_right, qk_scale2, phase != 1, HEAD_DIM, BLOCK_N, BLOCK_D,
+                       DOT_LOWP)
     tl.store(DQ + tok0 * stride_dqt + h * stride_dqh + rows[:, None].to(tl.int64) * stride_dqt + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 def bwd_config(head_dim: int, device: torch.device) -> dict:
-    """(dkdv config, dq config). GPU values follow the FA2 Triton tutorial shapes (small M for dK/dV, small N
-    for dQ); NOT tuned on an H200 here (no GPU was available)."""
+    """(dkdv config, dq config). NOT tuned on an H200 here (no GPU was available). dK/dV keeps two fp32
+    [BLOCK_N, Dh] accumulators plus the K/V tiles in registers for the whole program, so it gets 64-key blocks
+    (128 would spill at Dh = 128); dQ keeps one accumulator and takes 128-row blocks."""
     if device.type != "cuda":
-        c = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+        c = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
         return c, dict(c)
     w = 4 if head_dim <= 64 else 8
-    return (dict(BLOCK_M=64, BLOCK_N=128, num_warps=w, num_stages=2),
+    return (dict(BLOCK_M=64, BLOCK_N=64, num_warps=w, num_stages=2),
             dict(BLOCK_M=128, BLOCK_N=64, num_warps=w, num_stages=2))
 
 
@@ -199,7 +187,7 @@ def varlen_attn_bwd(do, q, k, v, out, lse, cu_seqlens, *, softmax_scale: float, 
     T, H, Dh = q.shape
     Hkv = k.shape[1]
     do, q, k, v, out = (x if x.stride(-1) == 1 else x.contiguous() for x in (do, q, k, v, out))
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq, dk, dv = (torch.empty(x.shape, device=x.device, dtype=x.dtype) for x in (q, k, v))   # contiguous
     if T == 0:
         return dq, dk, dv
     BLOCK_D = triton.next_power_of_2(Dh)

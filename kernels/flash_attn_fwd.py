@@ -72,6 +72,24 @@ def _block_ranges(r0, r1, seqlen, window_left, window_right, BLOCK: tl.constexpr
 
 
 @triton.jit
+def _run(lo, n_pre, n_full, n_post, PHASE: tl.constexpr, BLOCK: tl.constexpr):
+    """(first block start, block count) of run PHASE of _block_ranges: 0 masked, 1 unmasked, 2 masked."""
+    if PHASE == 0:
+        return lo, n_pre
+    elif PHASE == 1:
+        return lo + n_pre * BLOCK, n_full
+    else:
+        return lo + (n_pre + n_full) * BLOCK, n_post
+
+
+@triton.jit
+def _doc_span(CU, WORK_BLK, item, doc):
+    """(first token of the document as int64, document length, block index) of a valid work item."""
+    start = tl.load(CU + doc)
+    return start.to(tl.int64), tl.load(CU + doc + 1) - start, tl.load(WORK_BLK + item)
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d, start, n_blocks,
                seqlen, window_left, window_right, qk_scale2, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_LOWP: tl.constexpr):
@@ -108,16 +126,13 @@ def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, WORK_DOC, WORK_BLK,
     doc = tl.load(WORK_DOC + item)
     if doc >= n_docs:
         return
-    mblk = tl.load(WORK_BLK + item)
-    start = tl.load(CU + doc)
-    seqlen = tl.load(CU + doc + 1) - start
+    tok0, seqlen, mblk = _doc_span(CU, WORK_BLK, item, doc)
     kvh = h // GROUP
     r0 = mblk * BLOCK_M
     r1 = tl.minimum(r0 + BLOCK_M, seqlen)
     rows = r0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    tok0 = start.to(tl.int64)
     q = _load_tile(Q + tok0 * stride_qt + h * stride_qh, rows, rows < seqlen, stride_qt, offs_d, HEAD_DIM,
                    BLOCK_D, True, DOT_LOWP)
     k_base = K + tok0 * stride_kt + kvh * stride_kh
@@ -127,15 +142,11 @@ def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, WORK_DOC, WORK_BLK,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, n_pre, n_full, n_post = _block_ranges(r0, r1, seqlen, window_left, window_right, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
-                               lo, n_pre, seqlen, window_left, window_right, qk_scale2, True, HEAD_DIM,
-                               BLOCK_N, BLOCK_D, DOT_LOWP)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
-                               lo + n_pre * BLOCK_N, n_full, seqlen, window_left, window_right, qk_scale2,
-                               False, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_LOWP)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
-                               lo + (n_pre + n_full) * BLOCK_N, n_post, seqlen, window_left, window_right,
-                               qk_scale2, True, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_LOWP)
+    for phase in tl.static_range(3):
+        s0, nb = _run(lo, n_pre, n_full, n_post, phase, BLOCK_N)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, offs_n, offs_d,
+                                   s0, nb, seqlen, window_left, window_right, qk_scale2, phase != 1, HEAD_DIM,
+                                   BLOCK_N, BLOCK_D, DOT_LOWP)
     # Rows past the document end hold garbage (l_i may be 0): they are masked on store.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -188,7 +199,7 @@ def fwd_config(head_dim: int, device: torch.device) -> dict:
     """Block sizes / warps. Interpreter: one small config. GPU: FA2-Triton-style defaults, NOT tuned on an H200
     in this repo (no GPU was available when they were picked); bench/bench_attention.py --device cuda checks them."""
     if device.type != "cuda":
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
     if head_dim <= 64:
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
@@ -200,7 +211,7 @@ def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, 
     T, H, Dh = q.shape
     Hkv = k.shape[1]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)        # contiguous, as the fake impl says
     lse = torch.empty(H, T, device=q.device, dtype=torch.float32)
     if T == 0:
         return out, lse

@@ -110,7 +110,7 @@ def _varlen_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 @_varlen_attention_fwd_op.register_fake
 def _(q, k, v, cu_seqlens, causal, softmax_scale, window_left, window_right):
-    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
 @torch.library.custom_op("prism::varlen_attention_bwd", mutates_args=())
@@ -126,7 +126,7 @@ def _varlen_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 
 @_varlen_attention_bwd_op.register_fake
 def _(do, q, k, v, out, lse, cu_seqlens, causal, softmax_scale, window_left, window_right):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -205,8 +205,8 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, softm
         if not (_HAS_TRITON and (q.is_cuda or _TRITON_CPU_OK)):
             raise RuntimeError("varlen_attention: backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 "
                                "for CPU tests) and `pip install triton`")
-        out, _ = _varlen_attention_fwd_op(q, k, v, cu_seqlens.to(torch.int32), bool(causal), float(scale),
+        out, _ = _varlen_attention_fwd_op(q, k, v, cu_seqlens.to(q.device, torch.int32), bool(causal), float(scale),
                                           *window_size)
         return out
-    return _varlen_attention_flash_attn(q, k, v, cu_seqlens.to(torch.int32), max_seqlen, causal, scale,
+    return _varlen_attention_flash_attn(q, k, v, cu_seqlens.to(q.device, torch.int32), max_seqlen, causal, scale,
                                         window_size)

@@ -73,7 +73,8 @@ def test_paged_equals_contiguous_and_split_counts_agree():
 
 @pytest.mark.slow
 def test_aot_compile_sm90_sm80():
-    """Decode (contiguous and paged, GQA 4, bf16) for head dims 64/80/96/128 and the split combine kernel."""
+    """sm_90: decode (GQA 4, bf16) for head dims 64/80/96/128 contiguous and 128 paged, and the combine kernel;
+    sm_80: Dh 128 contiguous + paged and the combine kernel (the others differ only by constexpr sizes)."""
     from prism_fast.kernels.decode_attention import decode_config
     cfg = decode_config(torch.device("cuda"))
     mod = "prism_fast.kernels.decode_attention"
@@ -91,6 +92,7 @@ def test_aot_compile_sm90_sm80():
     sig = kernel_signature(mod, "_decode_attn_combine_kernel", "*bf16", cexp, fp32_ptrs=("PO", "PLSE"))
     specs.append({"module": mod, "kernel": "_decode_attn_combine_kernel", "signature": sig, "constexprs": cexp,
                   "num_warps": 4})
-    recs = aot_compile(specs)
+    specs80 = [s for s in specs if s["constexprs"]["HEAD_DIM"] == 128]
+    recs = aot_compile(specs, archs=(90,)) + aot_compile(specs80, archs=(80,))
     assert_all_compiled(recs)
-    assert len(recs) == 2 * len(specs)
+    assert len(recs) == len(specs) + len(specs80) == 9

@@ -1,0 +1,178 @@
+"""Packed-sequence attention benchmark: varlen_attention forward and forward+backward, plus decode attention.
+
+Packs of 8k tokens made of documents whose lengths follow a log-normal distribution (median ~600 tokens, long
+tail, capped at the pack; the last document is cut to fill the pack exactly), head dim 128, GQA 32/8, causal,
+bf16 on GPU. Providers, side by side in one run:
+  torch        prism_fast's "torch" backend (SDPA per document: one kernel launch per document)
+  sdpa_padded  documents padded to the longest one, one batched SDPA call with is_causal=True (right padding
+               never leaks into valid rows under a causal mask); what a user without varlen kernels writes
+  triton       prism_fast's Triton FA2 kernels (GPU only; the CPU interpreter is a test tool, not timed)
+  flash_attn   flash_attn_varlen_func, when installed
+TFLOP/s count useful FLOPs only, causal half counted once: fwd = 4 * H * Dh * sum_d L_d (L_d + 1) / 2,
+fwd+bwd = 3.5 x fwd (FlashAttention convention). Padded SDPA is charged the same useful FLOPs.
+Decode: B sequences with cache lengths spread over [1, S], one token each; GB/s = K/V bytes read / time.
+    python bench/bench_attention.py --device cuda --quick      (GPU check, ~1 min)
+    python bench/bench_attention.py --device cpu --quick       (CPU: 1k-token packs, H 8/2, fp32, labelled)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+
+from prism_fast.ops import varlen_attention  # noqa: E402
+from prism_fast.ops._dispatch import has_module  # noqa: E402
+from prism_fast.ops.decode_attention import decode_attention  # noqa: E402
+
+
+def doc_lengths(total: int, seed: int, sigma: float = 1.0) -> list[int]:
+    """Log-normal document lengths that fill `total` tokens exactly (last one truncated); median 600 tokens
+    for an 8k pack, scaled with the pack size (CPU packs keep the same number of documents per pack)."""
+    median = 600.0 * total / 8192
+    g = torch.Generator().manual_seed(seed)
+    lens, used = [], 0
+    while used < total:
+        n = max(1, int(math.exp(math.log(median) + sigma * torch.randn(1, generator=g).item())))
+        n = min(n, total - used)
+        lens.append(n)
+        used += n
+    return lens
+
+
+def attn_flops(lens, H, Dh, causal=True) -> float:
+    return sum(4.0 * H * Dh * (L * (L + 1) / 2 if causal else L * L) for L in lens)
+
+
+def sdpa_padded(q, k, v, lens):
+    """Pad every document to the longest, one batched causal SDPA, unpad. q [T, H, Dh] -> [T, H, Dh]."""
+    T, H, Dh = q.shape
+    Hkv = k.shape[1]
+    n, Lmax = len(lens), max(lens)
+    cu = [0]
+    for L in lens:
+        cu.append(cu[-1] + L)
+    idx = torch.cat([torch.arange(L, device=q.device) + b * Lmax for b, L in enumerate(lens)])   # [T]
+
+    def pad(x):
+        out = x.new_zeros(n * Lmax, x.shape[1], Dh)
+        out[idx] = x
+        return out.view(n, Lmax, x.shape[1], Dh).transpose(1, 2)
+
+    o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), is_causal=True, enable_gqa=Hkv != H)
+    return o.transpose(1, 2).reshape(n * Lmax, H, Dh)[idx]
+
+
+def providers(device) -> list[str]:
+    out = ["torch", "sdpa_padded"]
+    if device.type == "cuda" and has_module("triton"):
+        out.append("triton")
+    if device.type == "cuda" and has_module("flash_attn"):
+        out.append("flash_attn")
+    return out
+
+
+def bench_varlen(args, device, dtype, rows, table):
+    H, Hkv, Dh, tokens = args.heads, args.kv_heads, args.head_dim, args.tokens
+    for seed in range(args.packs):
+        lens = doc_lengths(tokens, seed)
+        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        q, k, v = (torch.randn(tokens, h, Dh, generator=g).to(device=device, dtype=dtype).requires_grad_()
+                   for h in (H, Hkv, Hkv))
+        do = torch.randn_like(q)
+        flops = attn_flops(lens, H, Dh)
+        cfg = dict(tokens=tokens, n_docs=len(lens), max_doc=max(lens), H=H, Hkv=Hkv, Dh=Dh, seed=seed,
+                   dtype=str(dtype).removeprefix("torch."), causal=True, flops="useful, causal half counted once")
+        base = None
+        for prov in providers(device):
+            if prov == "sdpa_padded":
+                f = lambda: sdpa_padded(q, k, v, lens)                                        # noqa: E731
+            else:
+                f = lambda p=prov: varlen_attention(q, k, v, cu, max(lens), causal=True, backend=p)  # noqa: E731
+            out = f()
+            if base is None:
+                base = out.detach().float()
+            err = (out.detach().float() - base).abs().max().item()
+
+            def fwd():
+                with torch.no_grad():
+                    f()
+
+            def fwd_bwd():
+                q.grad = k.grad = v.grad = None
+                f().backward(do)
+
+            for mode, fn, fl in (("fwd", fwd, flops), ("fwd+bwd", fwd_bwd, 3.5 * flops)):
+                p50, p20, p80 = time_fn(fn, device=device, warmup=args.warmup, reps=args.reps)
+                mem = peak_memory_mb(fn, device=device)
+                tf = fl / (p50 * 1e-3) / 1e12
+                rows.append(row("attention", prov, mode, "time", "ms", tokens, p50, p20, p80, config=cfg,
+                                device=device))
+                rows.append(row("attention", prov, mode, "throughput", "TFLOP/s", tokens, tf, config=cfg,
+                                device=device))
+                if mem is not None:
+                    rows.append(row("attention", prov, mode, "peak_mem", "MiB", tokens, mem, config=cfg,
+                                    device=device))
+                table.append((f"pack{seed} ({len(lens)} docs, max {max(lens)})", prov, mode, p50, tf, mem, err))
+
+
+def bench_decode(args, device, dtype, rows, table):
+    B, H, Hkv, Dh, S = args.decode_batch, args.heads, args.kv_heads, args.head_dim, args.decode_cache
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(B, H, Dh, generator=g).to(device=device, dtype=dtype)
+    kc = torch.randn(B, S, Hkv, Dh, generator=g).to(device=device, dtype=dtype)
+    vc = torch.randn(B, S, Hkv, Dh, generator=g).to(device=device, dtype=dtype)
+    seqlens = torch.randint(1, S + 1, (B,), generator=g).to(device)
+    kv_bytes = 2 * int(seqlens.sum()) * Hkv * Dh * kc.element_size()
+    cfg = dict(B=B, H=H, Hkv=Hkv, Dh=Dh, cache=S, dtype=str(dtype).removeprefix("torch."))
+    names = ["torch"] + (["triton"] if device.type == "cuda" and has_module("triton") else [])
+    base = None
+    for prov in names:
+        fn = lambda p=prov: decode_attention(q, kc, vc, seqlens, backend=p)                    # noqa: E731
+        out = fn().float()
+        base = out if base is None else base
+        p50, p20, p80 = time_fn(fn, device=device, warmup=args.warmup, reps=args.reps)
+        gbs = kv_bytes / (p50 * 1e-3) / 1e9
+        rows.append(row("attention", prov, "decode", "time", "ms", B, p50, p20, p80, config=cfg, device=device))
+        rows.append(row("attention", prov, "decode", "bandwidth", "GB/s", B, gbs, config=cfg, device=device))
+        table.append((f"decode B={B} S<={S}", prov, "decode", p50, gbs, None, (out - base).abs().max().item()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="fewer packs and repetitions")
+    ap.add_argument("--overwrite", action="store_true", help="replace earlier rows of the same key in the CSV")
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    a.tokens, a.heads, a.kv_heads, a.head_dim = (8192, 32, 8, 128) if cuda else (1024, 8, 2, 64)
+    a.packs = (1 if a.quick else 3) if cuda else 1
+    a.warmup, a.reps = (3, 10 if a.quick else 30) if cuda else (1, 3 if a.quick else 5)
+    a.decode_batch, a.decode_cache = (64, 4096) if cuda else (8, 512)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows, table = [], []
+    bench_varlen(a, device, dtype, rows, table)
+    bench_decode(a, device, dtype, rows, table)
+    path = append_rows("attention", rows, overwrite=a.overwrite)
+    print(f"# attention on {device_name(device)}, {str(dtype)[6:]}, packs of {a.tokens} tokens, "
+          f"H {a.heads}/{a.kv_heads}, Dh {a.head_dim}, causal; FLOPs: useful, causal half counted once")
+    print(f"{'case':<34}{'provider':<13}{'mode':<9}{'ms p50':>10}{'TFLOP/s|GB/s':>14}{'MiB':>9}{'vs torch':>10}"
+          f"{'max|diff|':>11}")
+    ref = {(c, m): t for c, p, m, t, *_ in table if p == "torch"}
+    for case, prov, mode, ms, rate, mem, err in table:
+        mem_s = "-" if mem is None else f"{mem:.0f}"
+        print(f"{case:<34}{prov:<13}{mode:<9}{ms:>10.3f}{rate:>14.3g}{mem_s:>9}{ref[(case, mode)] / ms:>9.2f}x"
+              f"{err:>11.2e}")
+    print(f"rows appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
