@@ -60,6 +60,11 @@ def dot_mode(dtype: torch.dtype) -> int:
     return 1 if dtype == torch.bfloat16 else 2
 
 
+# Upper bound on every tile size picked by `block` (64 on GPU). Tests lower it to 16 so that small interpreter
+# shapes still run the multi-tile paths (several row / P / N tiles, skipped upper-triangle tiles).
+MAX_BLOCK = 64
+
+
 def block(dim: int, cap: int = 64) -> int:
-    """Tile size for a dimension: next power of two, at least 16 (tl.dot minimum), at most `cap`."""
-    return max(16, min(cap, triton.next_power_of_2(dim)))
+    """Tile size for a dimension: next power of two, at least 16 (tl.dot minimum), at most min(cap, MAX_BLOCK)."""
+    return max(16, min(cap, MAX_BLOCK, triton.next_power_of_2(dim)))

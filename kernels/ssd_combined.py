@@ -130,7 +130,7 @@ def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out, seg
         x, dy, y_pre, D if D is not None else dt_out, B, CB, dA_cs, dt_out, seg if seg is not None else dt_out,
         ds_out, dx, ddt_direct, ddacs, sv, dd_part, T, H, G, P, N, nc, n_mblk,
         *x.stride(), *dy.stride(), *y_pre.stride(), *B.stride(), *dx.stride(),
-        L=L, BLOCK_M=bm, BLOCK_P=block(P, 256), BLOCK_K=bm, BLOCK_N=block(N, 32 if P > 64 else 64),
+        L=L, BLOCK_M=bm, BLOCK_P=max(16, triton.next_power_of_2(P)), BLOCK_K=bm, BLOCK_N=block(N, 32 if P > 64 else 64),
         HAS_SEQ=seg is not None, HAS_D=D is not None, D_HAS_HDIM=has_hdim, DOT_MODE=dot_mode(x.dtype),
         num_warps=4)
     dD = None

@@ -34,9 +34,11 @@ def _seq(Bsz, T):
     s[0, 1:] = 1
     s[0, 3:] = 2
     s[0, 30:] = 3
+    s[0, 64:] = 4
     if Bsz > 1:
         s[1, 1:] = 5
         s[1, 16:] = 6
+        s[1, 127:] = 7
     return s
 
 
@@ -48,7 +50,8 @@ def _seq(Bsz, T):
     (False, "silu", True, torch.float16),
 ])
 def test_triton_fwd_bwd(W, seq, act, channels_last, dtype):
-    Bsz, C, T = 2, 19, 47
+    """C 70 / T 150: two channel tiles and three time tiles (64 wide), documents across tile borders."""
+    Bsz, C, T = 2, 70, 150
     g = torch.Generator().manual_seed(W)
     x = torch.randn(Bsz, T, C, generator=g).transpose(1, 2) if channels_last else torch.randn(Bsz, C, T, generator=g)
     x = x.to(dtype)
