@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,7 +35,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, dtype: str = "bf16",
                          f"was it made by prism_fast.midtrain?")
     cfg = ModelConfig.from_hf_dict(json.loads(cfg_file.read_text()))
     model = build_model(cfg, device="cpu")
-    load_model_weights(step_dir, model)
+    with warnings.catch_warnings():  # single-process DCP load is intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        load_model_weights(step_dir, model)
     model.tie_weights()
     out = Path(out)
     model.save_pretrained(out, dtype=_DT[dtype])

@@ -1,0 +1,53 @@
+"""Activation checkpointing (full / every k-th block) leaves the loss, the gradients and the state_dict names of a
+real model unchanged; per-block compile keeps parameter names; FP8 fails loudly without CUDA + TE."""
+import pytest
+import torch
+
+from prism_fast.distributed.ac import apply_ac
+from prism_fast.distributed.compile import apply_compile
+from prism_fast.distributed.fp8 import apply_fp8
+from prism_fast.models import build_model, tiny_config
+
+
+def _loss_and_grads(model, ids, labels, cu):
+    model.zero_grad(set_to_none=True)
+    loss = model(ids, cu_seqlens=cu, labels=labels, loss_reduction="sum")
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("mode, every, wrapped", [("full", 1, 4), ("every", 2, 2), ("every", 3, 2)])
+def test_ac_same_loss_and_grads(mode, every, wrapped):
+    torch.manual_seed(0)
+    cfg = tiny_config("llama", num_hidden_layers=4)
+    ref = build_model(cfg)
+    ref.init_weights()
+    ac = build_model(cfg)
+    ac.load_state_dict(ref.state_dict())
+    assert apply_ac(ac, mode, every) == wrapped
+    assert list(ac.state_dict()) == list(ref.state_dict()), "checkpoint_wrapper prefixes must not leak"
+    ids = torch.randint(0, cfg.vocab_size, (1, 97))
+    labels = torch.roll(ids, -1, 1)
+    labels[0, [40, 96]] = -100
+    cu = torch.tensor([0, 41, 97], dtype=torch.int32)
+    l0, g0 = _loss_and_grads(ref, ids, labels, cu)
+    l1, g1 = _loss_and_grads(ac, ids, labels, cu)
+    assert torch.equal(l0, l1)
+    names = {n.replace("_checkpoint_wrapped_module.", ""): g for n, g in g1.items()}
+    for n, g in g0.items():
+        torch.testing.assert_close(names[n], g, atol=0, rtol=0, msg=n)
+
+
+def test_ac_rejects_bad_mode_and_compile_keeps_names():
+    m = build_model(tiny_config("llama"))
+    with pytest.raises(ValueError, match="use one of"):
+        apply_ac(m, "sometimes")
+    names = list(m.state_dict())
+    assert apply_compile(m) == len(m.blocks)
+    assert list(m.state_dict()) == names
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
+def test_fp8_without_cuda_raises_with_fix():
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        apply_fp8(build_model(tiny_config("llama")))
