@@ -13,7 +13,7 @@ from prism_fast.ops.mamba_decode import (causal_conv1d_update, causal_conv1d_upd
                                          mamba_decode_step_ref, ssd_state_update, ssd_state_update_ref)
 from prism_fast.ops.norms import rms_norm, rms_norm_ref
 from prism_fast.ops.rope import apply_rotary, apply_rotary_ref, rotary_cos_sin, rotary_inv_freq
-from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan, ssd_scan_naive
+from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan, ssd_chunk_scan_ref, ssd_scan_naive
 from prism_fast.ops.varlen_attention import varlen_attention, varlen_attention_ref
 
 __all__ = [
@@ -27,6 +27,6 @@ __all__ = [
     "causal_conv1d_update", "causal_conv1d_update_ref", "mamba_decode_step", "mamba_decode_step_ref",
     "ssd_state_update", "ssd_state_update_ref",
     "override_backend",
-    "ssd_chunk_scan", "ssd_scan_naive",
+    "ssd_chunk_scan", "ssd_chunk_scan_ref", "ssd_scan_naive",
     "varlen_attention", "varlen_attention_ref",
 ]
