@@ -81,7 +81,7 @@ class CausalLM(nn.Module):
                 nn.init.normal_(m.weight, std=std)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
-            elif hasattr(m, "reset_parameters") and not isinstance(m, (nn.Linear, nn.Embedding)):
+            elif hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         self.tie_weights()
 

