@@ -210,6 +210,8 @@ def _ssd_setup_context(ctx, inputs, output):
 
 def _ssd_backward(ctx, dout, dy_pre, dfinal):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre = ctx.saved_tensors
+    if dout is None:                       # only the final state was used
+        dout = torch.zeros_like(x)
     grads = _ssd_bwd_op(dout.contiguous(), dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre,
                         *ctx.cfg)
     present = (x, dt, A, B, C, D, z, dt_bias, initial_states)
