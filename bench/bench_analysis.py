@@ -100,7 +100,7 @@ def run_prism(base, new, workers: int, out: Path) -> dict:
     subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
     r = json.loads((out / "weights.json").read_text())
     return {"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"], "peak_rss_mb": r["peak_rss_mb"]["self"],
-            "self_rss_mb": r["peak_rss_mb"]["self"], "child_rss_mb": r["peak_rss_mb"]["largest_child"],
+            "self_rss_mb": r["peak_rss_mb"]["self"], "child_rss_mb": r["peak_rss_mb"]["largest_worker"],
             "frac1": r["pairs"][0]["group"]["all"]["changed_frac"]["1%"]}
 
 

@@ -59,6 +59,8 @@ class CompareResult:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     bytes_read: int = 0
     workers: int = 1
+    worker_cpu_seconds: float = 0.0  # summed over worker processes (0 when run in-process)
+    worker_peak_rss_mb: float = 0.0  # largest worker
 
 
 def _plan(readers: list[CheckpointReader], chunk_elements: int, allow_unclassified: bool):
@@ -211,7 +213,24 @@ def _worker_init(ctx):
 
 
 def _worker_run(item):
-    return _item_stats(item, *_CTX)
+    """Stats of one item + this worker's (pid, CPU seconds so far, peak RSS MiB): forkserver workers are not our
+    children, so getrusage(RUSAGE_CHILDREN) in the parent cannot see them."""
+    import resource
+
+    out = _item_stats(item, *_CTX)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (*out, (os.getpid(), ru.ru_utime + ru.ru_stime, _vm_hwm_mb()))
+
+
+def _vm_hwm_mb() -> float:
+    """Peak RSS of this process in MiB (VmHWM; getrusage's ru_maxrss also counts the parent's pages at fork)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) / 1024 for ln in f if ln.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def resolve_workers(workers: int | str) -> int:
@@ -249,9 +268,14 @@ def compare(paths, pairs, *, crosses=(), thresholds=DEFAULT_THRESHOLDS, workers:
     bar = _progress_bar(progress, len(items))
     total_bytes = 0
 
+    usage: dict[int, tuple[float, float]] = {}  # worker pid -> (CPU seconds, peak RSS MiB), latest report
+
     def merge(item, res):
         nonlocal total_bytes
-        s, c, nb = res
+        s, c, nb = res[:3]
+        if len(res) > 3:
+            pid, cpu, hwm = res[3]
+            usage[pid] = (cpu, hwm)
         for k, (pi, _, _) in enumerate(item[3]):
             stats[pi] += s[k][inv_order]
             cross[pi] += c[k]
@@ -264,8 +288,11 @@ def compare(paths, pairs, *, crosses=(), thresholds=DEFAULT_THRESHOLDS, workers:
             merge(item, _item_stats(item, readers, sorted_pairs, sorted_crosses, thresholds, chunk_elements))
     else:
         ctx = (readers, sorted_pairs, sorted_crosses, thresholds, chunk_elements)
-        with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                    initargs=(ctx,)) as ex:
+        # forkserver: a fresh server process imports torch once and forks the workers (spawn would import it in
+        # every worker, ~2 CPU-s each; plain fork from a process that may have run OpenMP code is unsafe).
+        mp_ctx = mp.get_context("forkserver")
+        mp_ctx.set_forkserver_preload(["prism_fast.analysis.engine"])
+        with cf.ProcessPoolExecutor(n_workers, mp_context=mp_ctx, initializer=_worker_init, initargs=(ctx,)) as ex:
             futs = {ex.submit(_worker_run, item): item for item in items}
             for fut in cf.as_completed(futs):
                 merge(futs[fut], fut.result())
@@ -273,7 +300,8 @@ def compare(paths, pairs, *, crosses=(), thresholds=DEFAULT_THRESHOLDS, workers:
     for r in readers:
         r.close()
     return CompareResult([r.path for r in readers], pairs, crosses, thresholds, pieces, stats, cross, skipped,
-                         total_bytes, n_workers)
+                         total_bytes, n_workers, sum(u[0] for u in usage.values()),
+                         max((u[1] for u in usage.values()), default=0.0))
 
 
 def _progress_bar(enabled: bool, total: int):

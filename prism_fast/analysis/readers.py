@@ -131,9 +131,12 @@ class SafetensorsReader(CheckpointReader):
         if f is None:
             f = self._files[file] = open(file, "rb", buffering=0)
         f.seek(start + r0 * row_bytes)
-        got = f.readinto(memoryview(buf.numpy()))
-        if got != buf.numel():
-            raise ValueError(f"{file}: truncated data for tensor {name} (read {got} of {buf.numel()} bytes)")
+        view, got = memoryview(buf.numpy()), 0
+        while got < n:  # one read() returns at most ~2 GiB on Linux: loop
+            k = f.readinto(view[got:])
+            if not k:
+                raise ValueError(f"{file}: truncated data for tensor {name} (read {got} of {n} bytes)")
+            got += k
         return buf.view(dtype).reshape(rows_shape)
 
     def close(self):
@@ -174,6 +177,7 @@ class DCPReader(CheckpointReader):
         cfg_file = Path(self.path) / "model_config.json"
         if cfg_file.is_file() and json.loads(cfg_file.read_text()).get("tie_word_embeddings"):
             self._entries.pop("lm_head.weight", None)
+        self._fs_reader = None
         if not self._entries:
             raise ValueError(f"{path}: no model tensors found in the DCP checkpoint (prefix={prefix!r}); "
                              f"pass the prefix under which the model state was saved")
@@ -194,12 +198,33 @@ class DCPReader(CheckpointReader):
 
         key, dtype, shape = self._entries[name]
         out = torch.empty(shape, dtype=dtype)
+        if self._fs_reader is None:
+            self._fs_reader = _cached_metadata_reader(self.path)
         with warnings.catch_warnings():  # "no process group, loading as a single process": intended here
             warnings.simplefilter("ignore")
-            dcp.load({key: out}, storage_reader=dcp.FileSystemReader(self.path), no_dist=True)
+            dcp.load({key: out}, storage_reader=self._fs_reader, no_dist=True)
         if r0 is None and r1 is None:
             return out
         return out[r0:r1]
+
+    def __getstate__(self):  # the storage reader stays behind; the worker makes its own
+        return {**self.__dict__, "_fs_reader": None}
+
+
+def _cached_metadata_reader(path):
+    """A FileSystemReader that unpickles `.metadata` once, not once per tensor (dcp.load reads it on every call;
+    with optimizer state that file holds thousands of entries)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class Reader(FileSystemReader):
+        _metadata = None
+
+        def read_metadata(self, *args, **kwargs):
+            if self._metadata is None:
+                self._metadata = super().read_metadata(*args, **kwargs)
+            return self._metadata
+
+    return Reader(path)
 
 
 def open_checkpoint(path: str | os.PathLike, *, dcp_prefix: str = "auto") -> CheckpointReader:

@@ -64,6 +64,11 @@ def _weights_md(r: dict) -> str:
                  *[_f(p["layer_group"].get(f"{layer}/{g}", {}).get("rel_change")) for g in groups]]
                 for layer, v in p["layer"].items()]
         out += ["### Per layer\n", _table(["layer", "rel change", "frac>1%", *[f"{g} rel" for g in groups]], rows)]
+        rows = [[f"`{name}`", v["component"], _f(v["numel"]), _f(v["rel_change"]),
+                 *[_pct(v["changed_frac"][t]) for t in th]] for name, v in p["tensor"].items()]
+        out += ["<details><summary>Per matrix</summary>\n",
+                _table(["tensor", "component", "elements", "rel change", *[f"frac>{t}" for t in th]], rows),
+                "</details>\n"]
     if r.get("skipped"):
         out += ["## Not compared\n", *[f"- {k}: {', '.join(v[:20])}{' ...' if len(v) > 20 else ''}"
                                        for k, v in r["skipped"].items()], ""]

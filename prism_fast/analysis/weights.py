@@ -84,8 +84,11 @@ def summarize_pair(res: CompareResult, pair: int) -> dict:
     acc = _sum_by(res, res.stats[:, pair, :])
     tensor = {n: _summary(v, res.thresholds) for n, v in acc["tensor"].items()}
     rels: dict[tuple[str, str], list[float]] = {}
+    by_name: dict[str, list] = {}
+    for p in res.pieces:
+        by_name.setdefault(p.name, []).append(p)
     for name, s in tensor.items():
-        pieces = [p for p in res.pieces if p.name == name]
+        pieces = by_name[name]
         s["component"] = "+".join(dict.fromkeys(p.component for p in pieces))
         s["layer"] = pieces[0].layer
         for kind, key in {kk for p in pieces for kk in _keys_of(p)}:
@@ -100,7 +103,8 @@ def summarize_pair(res: CompareResult, pair: int) -> dict:
 
 def _meta(res: CompareResult) -> dict:
     return {"thresholds": [threshold_label(t) for t in res.thresholds], "rules": RULES, "skipped": res.skipped,
-            "bytes_read": res.bytes_read, "workers": res.workers}
+            "bytes_read": res.bytes_read, "workers": res.workers, "worker_cpu_seconds": res.worker_cpu_seconds,
+            "worker_peak_rss_mb": res.worker_peak_rss_mb}
 
 
 def weight_change(base, new, *, thresholds=DEFAULT_THRESHOLDS, **kw) -> dict:

@@ -216,3 +216,13 @@ def test_chained_pairs_share_no_buffers(tmp_path):
     res = compare(p, [(0, 1), (1, 2)], chunk_elements=300)
     sep = [compare([p[0], p[1]], [(0, 1)], chunk_elements=300), compare([p[1], p[2]], [(0, 1)], chunk_elements=300)]
     assert (res.stats[:, 0] == sep[0].stats[:, 0]).all() and (res.stats[:, 1] == sep[1].stats[:, 0]).all()
+
+
+def test_truncated_file_is_an_error(tmp_path):
+    save_file({"model.norm.weight": torch.ones(1000)}, str(tmp_path / "a.safetensors"))
+    data = (tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "b.safetensors").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        open_checkpoint(tmp_path / "b.safetensors").read("model.norm.weight")
+    got = open_checkpoint(tmp_path / "a.safetensors").read("model.norm.weight", 10, 20)
+    assert got.shape == (10,) and (got == 1).all()
