@@ -155,7 +155,7 @@ def main():
     cuda = device.type == "cuda"
     a.tokens, a.heads, a.kv_heads, a.head_dim = (8192, 32, 8, 128) if cuda else (1024, 8, 2, 64)
     a.packs = (1 if a.quick else 3) if cuda else 1
-    a.warmup, a.reps = (3, 10 if a.quick else 30) if cuda else (1, 3 if a.quick else 5)
+    a.warmup, a.reps = (3, 10 if a.quick else 30) if cuda else (2, 3 if a.quick else 15)
     a.decode_batch, a.decode_cache = (64, 4096) if cuda else (8, 512)
     dtype = torch.bfloat16 if cuda else torch.float32
     rows, table = [], []
