@@ -138,6 +138,20 @@ def test_bad_jsonl_record_names_file_and_line(tmp_path, smol_dir, line, reason, 
     assert meta["skipped_bad"] == {reason: 1} and meta["num_docs"] == 3
 
 
+def test_bad_record_in_worker_process(tmp_path, smol_dir):
+    """Parsing runs in the tokenizer workers: their errors reach the parent intact, skip counts are summed."""
+    lines = [json.dumps({"text": f"doc {i}"}) for i in range(600)]
+    lines[450] = '{"text": '
+    lines[520] = '{"nope": 1}'
+    src = tmp_path / "w.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInputError, match=rf"{src}:451: malformed JSON") as ei:
+        prepare([str(src)], smol_dir, str(tmp_path / "o"), workers=2)
+    assert ei.value.reason == "bad_json" and ei.value.line == 451
+    meta = prepare([str(src)], smol_dir, str(tmp_path / "o"), workers=2, skip_bad=True)
+    assert meta["skipped_bad"] == {"bad_json": 1, "missing_field": 1} and meta["num_docs"] == 598
+
+
 def test_bad_parquet_row_and_cli_exit_code(tmp_path, smol_dir, capsys):
     p = tmp_path / "b.parquet"
     pq.write_table(pa.table({"question": ["q1", "q2", None], "answer": ["a1", "a2", "a3"]}), p)
