@@ -12,12 +12,15 @@ k_cache / v_cache [num_pages, page_size, Hkv, Dh]; key j of sequence b is at pag
 from __future__ import annotations
 
 import math
+from typing import Optional  # torch 2.6's custom_op schema inference predates `X | None`
 
 import torch
 
 from prism_fast.ops._dispatch import resolve, triton_usable
 
 _VALID = ("torch", "triton")
+# Probed at import, not inside torch.compile'd code (dynamo warns about tracing through the lru_cache).
+_TRITON_CUDA, _TRITON_CPU = triton_usable("cuda"), triton_usable("cpu")
 
 
 def _check(q, k_cache, v_cache, cache_seqlens):
@@ -77,6 +80,21 @@ def _decode_attention_torch(q, k_cache, v_cache, cache_seqlens, softmax_scale, w
     return out.reshape(B, H, Dh)
 
 
+@torch.library.custom_op("prism::decode_attention", mutates_args=())
+def _decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                             cache_seqlens: torch.Tensor, softmax_scale: float, window_left: int,
+                             block_table: Optional[torch.Tensor]) -> torch.Tensor:
+    """Triton split-K kernel as a custom op (inference only: no autograd), so torch.compile keeps one node."""
+    from prism_fast.kernels.decode_attention import decode_attn_fwd
+    return decode_attn_fwd(q, k_cache, v_cache, cache_seqlens, softmax_scale=softmax_scale,
+                           window_left=window_left, block_table=block_table)
+
+
+@_decode_attention_triton.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, softmax_scale, window_left, block_table):
+    return q.new_empty(q.shape)
+
+
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, window_size=(-1, -1),
                      block_table=None, backend="auto"):
     """One-token attention against the KV cache (see module docstring). Returns [B, H, Dh] in q.dtype."""
@@ -84,12 +102,11 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, 
     if b == "triton":
         if block_table is None:
             _check(q, k_cache, v_cache, cache_seqlens)
-        if not triton_usable(q.device.type):
+        if not (_TRITON_CUDA if q.is_cuda else _TRITON_CPU):
             raise RuntimeError("decode_attention: backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1)")
-        from prism_fast.kernels.decode_attention import decode_attn_fwd
         scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        return decode_attn_fwd(q, k_cache, v_cache, cache_seqlens, softmax_scale=scale,
-                               window_left=int(window_size[0]), block_table=block_table)
+        return _decode_attention_triton(q, k_cache, v_cache, cache_seqlens, float(scale), int(window_size[0]),
+                                        block_table)
     k_cache, v_cache = _gather_pages(k_cache, block_table), _gather_pages(v_cache, block_table)
     _check(q, k_cache, v_cache, cache_seqlens)
     if b == "torch":

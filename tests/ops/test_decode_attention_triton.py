@@ -96,3 +96,19 @@ def test_aot_compile_sm90_sm80():
     recs = aot_compile(specs, archs=(90,)) + aot_compile(specs80, archs=(80,))
     assert_all_compiled(recs)
     assert len(recs) == len(specs) + len(specs80) == 9
+
+
+def test_compile_fullgraph_and_fake_impl():
+    q, k, v = _cache(2, 40, 4, 2, 16, torch.float32, seed=7)
+    seqlens = torch.tensor([3, 40], dtype=torch.int32)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, b, c, s: decode_attention(a, b, c, s, window_size=(9, 0), backend="triton"),
+                       backend="aot_eager", fullgraph=True)
+    _assert_close("compiled", fn(q, k, v, seqlens), decode_attention_ref(q, k, v, seqlens, window_size=(9, 0)),
+                  2e-5, 2e-5)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fq, fk = torch.empty(3, 8, 128, dtype=torch.bfloat16), torch.empty(3, 64, 2, 128, dtype=torch.bfloat16)
+        out = torch.ops.prism.decode_attention(fq, fk, fk, torch.empty(3, dtype=torch.int32), 0.1, -1, None)
+    assert out.shape == (3, 8, 128) and out.dtype == torch.bfloat16
+    torch.library.opcheck(torch.ops.prism.decode_attention, (q, k, v, seqlens, 0.25, -1, None))
