@@ -64,8 +64,11 @@ def parallelize(model: torch.nn.Module, dims: ParallelDims, cfg: Config, device_
     if cfg.compile:
         info["compiled_blocks"] = apply_compile(model)
     dims.build_mesh(device_type)
+    # With a 1-rank shard group a "shard" is the whole tensor: resharding after forward frees only the bf16
+    # compute copies and costs a second all-gather (cast + copies) in backward, so it is skipped there.
+    reshard = cfg.reshard_after_forward and dims.dp_shard > 1
     apply_fsdp(model, dims.fsdp_mesh(), param_dtype=to_dtype(cfg.param_dtype),
-               reduce_dtype=to_dtype(cfg.reduce_dtype), reshard_after_forward=cfg.reshard_after_forward)
+               reduce_dtype=to_dtype(cfg.reduce_dtype), reshard_after_forward=reshard)
     info["grad_sum"] = disable_gradient_division(model)
     info["mesh"] = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard}
     return info

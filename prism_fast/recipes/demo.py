@@ -1,8 +1,11 @@
 """`demo` (the default of `python -m prism_fast.midtrain`): SmolLM2-135M-Instruct, de-quantized from the bundled
-GGUF, mid-trained on the bundled default mixture (general / chat / math / code / science), sized for about five
-minutes on 2 otherwise idle CPU cores (12 steps x 4 rows x 256 tokens; sized from a measured ~15-60 CPU-s
-per 1k-token bf16 step -- raise --train.steps / --data.seq_len on a bigger machine), bf16 compute with fp32 master weights, cosine schedule with warmup, held-out loss per
-domain at the start and the end, final checkpoint + HF export in runs/demo/.
+GGUF, mid-trained on the bundled default mixture (general / chat / math / code / science): bf16 compute with fp32
+master weights, cosine schedule with warmup, held-out loss per domain at the start and the end, a checkpoint
+every 6 steps, and an HF export in runs/demo/.
+
+Size: 12 steps x 4 rows x 256 tokens. One such 1k-token step measured ~14 s on one core of this (shared) 2-core
+machine (bench_midtrain: ~7 s per 512 tokens), so the run, with ~1 min of GGUF loading and corpus preparation, two
+2.2 GB checkpoints and the export, takes about 5 minutes on 2 cores. Raise --train.steps on a bigger machine.
 """
 from prism_fast.distributed import ParallelConfig
 from prism_fast.train import checkpoint, lr_schedules, metrics, optim
