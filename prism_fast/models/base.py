@@ -178,7 +178,12 @@ class CausalLM(nn.Module):
             if return_entropy:
                 return out[0].view(B, T), out[1].view(B, T)
             return out.view(B, T)
-        logits = self.lm_head(h)
+        return self.logits(h)
+
+    def logits(self, h_BTD: torch.Tensor) -> torch.Tensor:
+        """LM head on final hidden states [B, T, D] -> [B, T, V] (logits_scaling applied). Lets generation run the
+        head on the last position only."""
+        logits = self.lm_head(h_BTD)
         return logits / self.config.logits_scaling if self.config.logits_scaling != 1.0 else logits
 
     @torch.no_grad()

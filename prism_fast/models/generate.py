@@ -50,8 +50,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     cache = model.new_cache(B, max(len(p) for p in prompts) + max_new_tokens)
     last = []
     for b, p in enumerate(prompts):
-        logits = model(torch.tensor([p], dtype=torch.long, device=device), cache=cache.row(b))
-        last.append(logits[0, -1])
+        # the LM head runs on the last position only (a prompt's other logits are never used)
+        h = model.forward_hidden(torch.tensor([p], dtype=torch.long, device=device), cache=cache.row(b))
+        last.append(model.logits(h[:, -1:])[0, -1])
     nxt = sample_next(torch.stack(last), temperature, top_p, gen)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
