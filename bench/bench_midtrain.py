@@ -40,6 +40,15 @@ def _rows(seq_len, batch, vocab, seed=0):
 
 
 def _reset_peak_rss():
+    """Return freed heap to the OS (glibc keeps it otherwise: setup garbage would count as step memory), then reset
+    the VmHWM high-water mark so the peak covers only the training steps."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
