@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .flash_attn_fwd import (LOG2E, _block_ranges, _doc_span, _load_tile, _run, _visible, pick_dot_lowp,
-                             window_bounds, work_items)
+from .flash_attn_fwd import (LOG2E, _block_ranges, _find_work, _load_tile, _run, _visible, doc_block_cumsum,
+                             pick_dot_lowp, window_bounds)
 
 
 @triton.jit
@@ -66,7 +66,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
 
 
 @triton.jit
-def _varlen_attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, WORK_DOC, WORK_BLK,
+def _varlen_attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, CUM,
                                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                  stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
                                  n_docs, qk_scale2, sm_scale, window_left, window_right,
@@ -74,10 +74,9 @@ def _varlen_attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, WORK_DOC, 
                                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_LOWP: tl.constexpr):
     item = tl.program_id(0)
     kvh = tl.program_id(1)
-    doc = tl.load(WORK_DOC + item)
+    doc, tok0, seqlen, nblk = _find_work(CU, CUM, item, n_docs)
     if doc >= n_docs:
         return
-    tok0, seqlen, nblk = _doc_span(CU, WORK_BLK, item, doc)
     c0 = nblk * BLOCK_N
     c1 = tl.minimum(c0 + BLOCK_N, seqlen)
     cols = c0 + tl.arange(0, BLOCK_N)
@@ -131,7 +130,7 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, rows
 
 
 @triton.jit
-def _varlen_attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, WORK_DOC, WORK_BLK,
+def _varlen_attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, CUM,
                                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lh,
                                n_docs, qk_scale2, sm_scale, window_left, window_right,
@@ -139,10 +138,9 @@ def _varlen_attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, WORK_DOC, WORK_B
                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_LOWP: tl.constexpr):
     item = tl.program_id(0)
     h = tl.program_id(1)
-    doc = tl.load(WORK_DOC + item)
+    doc, tok0, seqlen, mblk = _find_work(CU, CUM, item, n_docs)
     if doc >= n_docs:
         return
-    tok0, seqlen, mblk = _doc_span(CU, WORK_BLK, item, doc)
     kvh = h // GROUP
     r0 = mblk * BLOCK_M
     r1 = tl.minimum(r0 + BLOCK_M, seqlen)
@@ -206,15 +204,13 @@ def varlen_attn_bwd(do, q, k, v, out, lse, cu_seqlens, *, softmax_scale: float, 
     lowp = pick_dot_lowp(q.dtype, q.device)
     n_docs = cu_seqlens.numel() - 1
     common = dict(HEAD_DIM=Dh, BLOCK_D=BLOCK_D, DOT_LOWP=lowp, GROUP=H // Hkv)
-    doc, blk = work_items(cu_seqlens, cfg_kv["BLOCK_N"], T)
-    _varlen_attn_bwd_dkdv_kernel[(doc.numel(), Hkv)](
-        q, k, v, do, lse, delta, dk, dv, cu_seqlens, doc, blk,
+    _varlen_attn_bwd_dkdv_kernel[(triton.cdiv(T, cfg_kv["BLOCK_N"]) + n_docs, Hkv)](
+        q, k, v, do, lse, delta, dk, dv, cu_seqlens, doc_block_cumsum(cu_seqlens, cfg_kv["BLOCK_N"]),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0),
         n_docs, softmax_scale * LOG2E, softmax_scale, left, right, **common, **cfg_kv)
-    doc, blk = work_items(cu_seqlens, cfg_q["BLOCK_M"], T)
-    _varlen_attn_bwd_dq_kernel[(doc.numel(), H)](
-        q, k, v, do, lse, delta, dq, cu_seqlens, doc, blk,
+    _varlen_attn_bwd_dq_kernel[(triton.cdiv(T, cfg_q["BLOCK_M"]) + n_docs, H)](
+        q, k, v, do, lse, delta, dq, cu_seqlens, doc_block_cumsum(cu_seqlens, cfg_q["BLOCK_M"]),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), lse.stride(0),
         n_docs, softmax_scale * LOG2E, softmax_scale, left, right, **common, **cfg_q)

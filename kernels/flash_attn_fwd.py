@@ -4,12 +4,13 @@ Shapes: q [T, H, Dh], k/v [T, Hkv, Dh], cu_seqlens int32 [n_docs + 1]; out [T, H
 (natural log, flash-attn varlen layout). Query head h reads kv head h // (H // Hkv).
 
 What is unusual here:
-- Work list instead of a (max_seqlen blocks x n_docs) grid. Each program gets one (document, query block) item
-  from a table built *on the device* from cu_seqlens (searchsorted over the cumulative block counts), so there is
-  no host sync and at most n_docs programs of the upper-bound grid cdiv(T, BLOCK_M) + n_docs exit at once. A
-  (cdiv(max_seqlen, BLOCK_M), n_docs) grid would launch n_docs * max_blocks programs, mostly empty for an 8k
-  pack of short documents, and needs max_seqlen on the host. Within a document the blocks are listed last
-  first: under a causal mask the last blocks do the most work, so they start first (less tail).
+- Flat work list instead of a (max_seqlen blocks x n_docs) grid. Program i finds its (document, query block)
+  by binary search of the cumulative per-document block counts, which one tiny single-program kernel builds
+  from cu_seqlens on the device: no host sync, one extra launch, and at most n_docs programs of the upper-bound
+  grid cdiv(T, BLOCK_M) + n_docs exit at once. A (cdiv(max_seqlen, BLOCK_M), n_docs) grid would launch
+  n_docs * max_blocks programs, mostly empty for an 8k pack of short documents, and needs max_seqlen on the
+  host. Within a document the blocks are numbered last first: under a causal mask the last blocks do the most
+  work, so they start first (less tail).
 - Causal is not a kernel variant: flash-attn semantics make causal equal to window right = 0, so the kernel
   only sees a window (left, right), with "unbounded" replaced by T on the host. Key blocks outside the
   document or window are never visited (loop bounds); the key range is split into [masked | unmasked |
@@ -83,10 +84,34 @@ def _run(lo, n_pre, n_full, n_post, PHASE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _doc_span(CU, WORK_BLK, item, doc):
-    """(first token of the document as int64, document length, block index) of a valid work item."""
-    start = tl.load(CU + doc)
-    return start.to(tl.int64), tl.load(CU + doc + 1) - start, tl.load(WORK_BLK + item)
+def _find_work(CU, CUM, item, n_docs):
+    """Work item -> (doc, first token as int64, document length, block index), by binary search of the
+    inclusive cumulative block counts CUM [n_docs]. doc == n_docs for the spare items past the last block.
+    Blocks are numbered last first within a document (causal: the longest programs start first)."""
+    lo = item * 0
+    hi = lo + n_docs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        right = tl.load(CUM + mid) <= item
+        lo = tl.where(right, mid + 1, lo)
+        hi = tl.where(right, hi, mid)
+    d = tl.minimum(lo, n_docs - 1)              # keep the loads in bounds for spare items (they return)
+    blk = tl.load(CUM + d) - 1 - item           # = (blocks of d - 1) - (item - first item of d)
+    start = tl.load(CU + d)
+    return lo, start.to(tl.int64), tl.load(CU + d + 1) - start, blk
+
+
+@triton.jit
+def _doc_block_cumsum_kernel(CU, CUM, n_docs, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+    """CUM[d] = sum_{e <= d} cdiv(len_e, BLOCK): one program, CHUNK documents per step with a carry."""
+    carry = tl.full((), 0, tl.int32)
+    for c0 in range(0, n_docs, CHUNK):
+        offs = c0 + tl.arange(0, CHUNK)
+        m = offs < n_docs
+        lens = tl.load(CU + offs + 1, mask=m, other=0) - tl.load(CU + offs, mask=m, other=0)
+        nb = (lens + BLOCK - 1) // BLOCK
+        tl.store(CUM + offs, tl.cumsum(nb, 0) + carry, mask=m)
+        carry += tl.sum(nb, 0)
 
 
 @triton.jit
@@ -116,17 +141,16 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, off
 
 
 @triton.jit
-def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, WORK_DOC, WORK_BLK,
+def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, CUM,
                             stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                             stride_ot, stride_oh, stride_lh, n_docs, qk_scale2, window_left, window_right,
                             GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_LOWP: tl.constexpr):
     item = tl.program_id(0)
     h = tl.program_id(1)
-    doc = tl.load(WORK_DOC + item)
+    doc, tok0, seqlen, mblk = _find_work(CU, CUM, item, n_docs)
     if doc >= n_docs:
         return
-    tok0, seqlen, mblk = _doc_span(CU, WORK_BLK, item, doc)
     kvh = h // GROUP
     r0 = mblk * BLOCK_M
     r1 = tl.minimum(r0 + BLOCK_M, seqlen)
@@ -160,24 +184,19 @@ def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, WORK_DOC, WORK_BLK,
 # ----------------------------------------------------------------------------------------------------------
 # Host side (launchers). Shared with the backward module.
 
-def work_items(cu_seqlens: torch.Tensor, block: int, total: int, reverse: bool = True):
-    """(doc, block) work list for the blocks of every document, built on the device (no host sync).
+def doc_block_cumsum(cu_seqlens: torch.Tensor, block: int, chunk: int = 1024) -> torch.Tensor:
+    """Inclusive cumulative block counts int32 [n_docs] of the documents (one tiny launch, no host sync).
 
-    cu_seqlens int32 [n_docs + 1]; total = T (host int, from a shape). Returns int32 tensors doc [G], blk [G]
-    with G = cdiv(T, block) + n_docs, an upper bound of sum_d cdiv(len_d, block); entries past the real
-    count have doc = n_docs (the kernel returns at once). reverse lists each document's blocks last first.
+    The attention kernels binary-search it to map their program id to (document, block): the grid is the
+    host-known upper bound cdiv(T, block) + n_docs of sum_d cdiv(len_d, block), spare programs return at once.
+    A torch version (diff, div, cumsum) would be 4+ launches per call, which is noticeable next to a ~0.3 ms
+    attention kernel for an 8k pack.
     """
     n_docs = cu_seqlens.numel() - 1
-    cu = cu_seqlens.to(torch.int64)
-    nblk = (cu[1:] - cu[:-1] + block - 1) // block                                  # [n_docs]
-    cum = torch.cumsum(nblk, 0)
-    grid = triton.cdiv(total, block) + n_docs
-    ids = torch.arange(grid, device=cu.device)
-    doc = torch.searchsorted(cum, ids, right=True)                                  # [G], n_docs when past
-    d = doc.clamp(max=max(n_docs - 1, 0))
-    local = ids - (cum[d] - nblk[d])
-    blk = nblk[d] - 1 - local if reverse else local
-    return doc.to(torch.int32), blk.to(torch.int32)
+    cum = torch.empty(max(n_docs, 1), device=cu_seqlens.device, dtype=torch.int32)
+    chunk = min(chunk, max(triton.next_power_of_2(n_docs), 2))
+    _doc_block_cumsum_kernel[(1,)](cu_seqlens, cum, n_docs, BLOCK=block, CHUNK=chunk)
+    return cum
 
 
 def window_bounds(causal: bool, window_size, total: int) -> tuple[int, int]:
@@ -221,12 +240,12 @@ def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, 
     if block_n:
         cfg["BLOCK_N"] = block_n
     left, right = window_bounds(causal, window_size, T)
-    doc, blk = work_items(cu_seqlens, cfg["BLOCK_M"], T)
-    grid = (doc.numel(), H)
+    n_docs = cu_seqlens.numel() - 1
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]) + n_docs, H)
     _varlen_attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, doc, blk,
+        q, k, v, out, lse, cu_seqlens, doc_block_cumsum(cu_seqlens, cfg["BLOCK_M"]),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0), cu_seqlens.numel() - 1, softmax_scale * LOG2E, left, right,
+        out.stride(0), out.stride(1), lse.stride(0), n_docs, softmax_scale * LOG2E, left, right,
         GROUP=H // Hkv, HEAD_DIM=Dh, BLOCK_D=triton.next_power_of_2(Dh), DOT_LOWP=pick_dot_lowp(q.dtype, q.device),
         **cfg)
     return out, lse

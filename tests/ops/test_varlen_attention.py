@@ -89,6 +89,19 @@ def test_long_document_1025():
         _assert_close(name, g, r, 1e-4, 1e-4)
 
 
+def test_doc_block_cumsum_chunks_and_empty_documents():
+    from prism_fast.kernels.flash_attn_fwd import doc_block_cumsum
+    lens = torch.tensor([0, 1, 16, 17, 0, 40, 3, 33, 64])
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)]).to(torch.int32)
+    for chunk in (2, 4, 1024):
+        got = doc_block_cumsum(cu, 16, chunk=chunk)
+        assert got.tolist() == ((lens + 15) // 16).cumsum(0).tolist(), chunk
+    # empty documents inside a pack do not break the attention kernels either
+    q, k, v, _ = _pack((int(lens.sum()),), 2, 1, 16, torch.float32)
+    got = varlen_attention(q, k, v, cu, backend="triton")
+    _assert_close("out", got, varlen_attention_ref(q, k, v, cu), 2e-5, 2e-5)
+
+
 def test_lse_matches_logsumexp():
     from prism_fast.kernels.flash_attn_fwd import varlen_attn_fwd
     q, k, v, cu = _pack((7, 40), 2, 1, 16, torch.float32)
@@ -179,7 +192,7 @@ def kernel_signature(module, kernel, ptr_dtype, constexprs, fp32_ptrs=(), int_pt
 
 
 def _specs(Dh, lowp):
-    """[fwd, dK/dV, dQ, delta] kernel variants the GPU launchers use for head dim Dh (GQA 4)."""
+    """[fwd, dK/dV, dQ, block-cumsum, delta] kernel variants the GPU launchers use for head dim Dh (GQA 4)."""
     from prism_fast.kernels.flash_attn_bwd import bwd_config
     from prism_fast.kernels.flash_attn_fwd import fwd_config
     cuda = torch.device("cuda")
@@ -193,9 +206,13 @@ def _specs(Dh, lowp):
         cexp = dict(common, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
         module = "prism_fast.kernels.flash_attn_" + mod
         sig = kernel_signature(module, kernel, dt, cexp, fp32_ptrs=("LSE", "DELTA"),
-                               int_ptrs=("CU", "WORK_DOC", "WORK_BLK"), floats=("qk_scale2", "sm_scale"))
+                               int_ptrs=("CU", "CUM"), floats=("qk_scale2", "sm_scale"))
         specs.append({"module": module, "kernel": kernel, "signature": sig, "constexprs": cexp,
                       "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+    cexp = {"BLOCK": 128, "CHUNK": 1024}
+    specs.append({"module": "prism_fast.kernels.flash_attn_fwd", "kernel": "_doc_block_cumsum_kernel",
+                  "signature": kernel_signature("prism_fast.kernels.flash_attn_fwd", "_doc_block_cumsum_kernel",
+                                                "*i32", cexp), "constexprs": cexp, "num_warps": 4})
     cexp = {"HEAD_DIM": Dh, "BLOCK_M": 64, "BLOCK_D": BD}
     sig = kernel_signature("prism_fast.kernels.flash_attn_bwd", "_varlen_attn_bwd_preprocess_kernel", dt, cexp,
                            fp32_ptrs=("DELTA",))
@@ -206,13 +223,13 @@ def _specs(Dh, lowp):
 
 @pytest.mark.slow
 def test_aot_compile_sm90_sm80():
-    """sm_90: fwd, dK/dV, dQ for head dims 64/80/96/128 (bf16 dots), the delta kernel and the fp32-dot forward.
-    sm_80: fwd/dK/dV/dQ at Dh 128 and fwd at Dh 64 (80/96 differ from 128 only by the head-dim mask, which sm_90
-    covers). Trimmed so that the cold-cache compile stays near 1.5 min of CPU. Causal vs non-causal is a
-    runtime window (right = 0), not a separate compiled variant."""
+    """sm_90: fwd, dK/dV, dQ for head dims 64/80/96/128 (bf16 dots), block-cumsum, delta, the fp32-dot forward.
+    sm_80: fwd/dK/dV/dQ/block-cumsum at Dh 128 and fwd at Dh 64 (80/96 differ from 128 only by the head-dim
+    mask, which sm_90 covers). Trimmed so that the cold-cache compile stays near 1.5 min of CPU. Causal vs
+    non-causal is a runtime window (right = 0), not a separate compiled variant."""
     specs90 = [s for Dh in (64, 80, 96, 128) for s in _specs(Dh, True)[:3]] + _specs(128, True)[3:]
     specs90 += _specs(128, False)[:1]
-    specs80 = _specs(128, True)[:3] + _specs(64, True)[:1]
+    specs80 = _specs(128, True)[:4] + _specs(64, True)[:1]
     recs = aot_compile(specs90, archs=(90,)) + aot_compile(specs80, archs=(80,))
     assert_all_compiled(recs)
     assert len(recs) == len(specs90) + len(specs80)
