@@ -36,15 +36,27 @@ _BATCH_CHARS = 1 << 18  # ~60k tokens: keeps the transient Encoding objects (~10
 
 # ------------------------------------------------------------------------------------------------ tokenizers
 @functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str):
-    """HF fast tokenizer from a directory (tokenizer.json + config) or from the tokenizer inside a .gguf file."""
+def load_tokenizer(path: str, cache: bool = True):
+    """HF fast tokenizer from a directory (tokenizer.json + config) or from the tokenizer inside a .gguf file.
+
+    Converting a GGUF tokenizer takes seconds (transformers parses the GGUF vocab and merges in Python), so with
+    cache=True the converted tokenizer is saved once under $PRISM_CACHE_DIR (default ~/.cache/prism_fast),
+    keyed by the file's path, size and mtime and the transformers version, and later loads read that directory.
+    """
     import transformers
 
     p = Path(path)
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ValueError(f"tokenizer file {path} does not exist")
-        tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        cached = _gguf_cache_dir(p) if cache else None
+        if cached is not None and (cached / "tokenizer.json").is_file():
+            tok = transformers.AutoTokenizer.from_pretrained(str(cached))
+        else:
+            tok = transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+            if cached is not None:
+                _save_atomically(tok, cached)
+        tok.name_or_path = str(p)  # meta.json names the GGUF file, not the parent directory or the cache
     elif p.is_dir():
         tok = transformers.AutoTokenizer.from_pretrained(str(p))
     else:
@@ -52,6 +64,33 @@ def load_tokenizer(path: str):
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{path}: only fast (Rust) tokenizers are supported")
     return tok
+
+
+def _gguf_cache_dir(p: Path) -> Path:
+    import transformers
+
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
+    root = Path(os.environ.get("PRISM_CACHE_DIR", Path.home() / ".cache" / "prism_fast"))
+    return root / "gguf_tokenizers" / key.hexdigest()[:24]
+
+
+def _save_atomically(tok, dst: Path) -> None:
+    """Save into a temporary sibling, then rename: concurrent ranks / test workers never read a half-written
+    cache entry (a lost rename race just leaves the winner's identical copy)."""
+    import shutil
+    import tempfile
+
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # read-only home etc.: the cache is an optimization only
+        pass
 
 
 def tokenizer_info(tokenizer, eos_token: str | None = None) -> dict:

@@ -16,6 +16,7 @@ def gguf_path():
 
 @pytest.fixture(scope="session")
 def smol_tok(gguf_path):
+    """SmolLM2's tokenizer from the GGUF (through load_tokenizer's conversion cache, ~/.cache/prism_fast)."""
     from prism_fast.data.prepare_shards import load_tokenizer
     return load_tokenizer(gguf_path)
 

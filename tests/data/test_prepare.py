@@ -95,8 +95,12 @@ def test_uint32_when_vocab_exceeds_uint16(tmp_path):
 
 
 def test_fingerprint_gguf_equals_dir_and_mismatch_rejected(tmp_path, gguf_path, smol_dir):
-    fp = tokenizer_info(gguf_path)
+    from prism_fast.data.prepare_shards import load_tokenizer
+    fresh = load_tokenizer(gguf_path, cache=False)  # converted from the GGUF file now, not from the cache
+    fp = tokenizer_info(fresh)
     assert fp["fingerprint"] == tokenizer_info(smol_dir)["fingerprint"] and fp["vocab_size"] == 49152
+    assert tokenizer_info(gguf_path)["fingerprint"] == fp["fingerprint"]  # through the conversion cache
+    assert fp["name"] == gguf_path
     src = _jsonl(tmp_path / "a.jsonl", [{"text": t} for t in DOCS])
     prepare([src], gguf_path, str(tmp_path / "real"))
     assert open_shard(tmp_path / "real").fingerprint == fp["fingerprint"]
