@@ -18,11 +18,12 @@ class ValLoader:
     """Finite, re-iterable; `len()` = batches per rank."""
 
     def __init__(self, mixture: Mixture, *, seq_len: int, micro_batch_size: int = 1, rank: int = 0,
-                 world_size: int = 1, max_rows_per_domain: int | None = None):
+                 world_size: int = 1, max_rows_per_domain: int | None = None, loss_mask_prompt: bool = False):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.mixture, self.seq_len, self.B = mixture, seq_len, micro_batch_size
         self.rank, self.W = rank, world_size
+        self.loss_mask_prompt = loss_mask_prompt
         self.pad_id = mixture.eos_token_id
         # rows: (domain, [(source, doc, start, length), ...]) in global order.
         self.rows: list[tuple[int, list[tuple[int, int, int, int]]]] = []
@@ -61,7 +62,7 @@ class ValLoader:
             return dict(assemble_row([], self.seq_len, self.pad_id), domain=0)
         dom, segs = self.rows[g]
         pieces = [(self.mixture.sources[i].shard(), d, start, n) for i, d, start, n in segs]
-        return dict(assemble_row(pieces, self.seq_len, self.pad_id), domain=dom)
+        return dict(assemble_row(pieces, self.seq_len, self.pad_id, self.loss_mask_prompt), domain=dom)
 
     def __iter__(self):
         for step in range(self.num_batches):
@@ -70,7 +71,10 @@ class ValLoader:
 
 
 def build_val_loader(mixture: Mixture, *, seq_len: int, micro_batch_size: int = 1, rank: int = 0,
-                     world_size: int = 1, max_rows_per_domain: int | None = None) -> ValLoader:
-    """Validation batches over every domain's held-out documents (see module docstring)."""
+                     world_size: int = 1, max_rows_per_domain: int | None = None,
+                     loss_mask_prompt: bool = False) -> ValLoader:
+    """Validation batches over every domain's held-out documents (see module docstring). Pass the training
+    loader's loss_mask_prompt to score the same tokens as training does."""
     return ValLoader(mixture, seq_len=seq_len, micro_batch_size=micro_batch_size, rank=rank,
-                     world_size=world_size, max_rows_per_domain=max_rows_per_domain)
+                     world_size=world_size, max_rows_per_domain=max_rows_per_domain,
+                     loss_mask_prompt=loss_mask_prompt)

@@ -247,6 +247,12 @@ def test_validation_split_is_held_out_and_covered(mix_dirs):
         n_train, n = mix.split(i)
         expect = sum(len(docs[name][d]) - 1 for d in range(n_train, n))  # every token but each doc's EOS
         assert scored[mix.domains.index(name)] == expect
+    # with the prompt mask, math (the masked shard) scores only targets in each document's second half
+    masked = build_val_loader(mix, seq_len=L, loss_mask_prompt=True)
+    math_id = mix.domains.index("math")
+    got = sum(int(((b["labels"][0] != IGNORE_INDEX) & (b["domain_ids"][0] == math_id)).sum()) for b in masked)
+    n_train, n = mix.split(1)
+    assert got == sum(len(docs["math"][d]) - 1 - (len(docs["math"][d]) // 2 - 1) for d in range(n_train, n))
 
 
 def test_presets_exact_percentages(tmp_path):
