@@ -9,7 +9,7 @@ the size of ONE checkpoint; both checkpoints are read.
 
   python bench/bench_analysis.py                 # 2 GB checkpoints, 3 reps
   python bench/bench_analysis.py --quick         # 0.5 GB, 1 rep
-  python bench/bench_analysis.py --smollm2       # + CKA end to end on the bundled SmolLM2-135M GGUF
+  python bench/bench_analysis.py --smollm2 --skip-weights   # CKA end to end on the bundled SmolLM2-135M GGUF
 The analysis runs on CPU only (it is memory-bandwidth bound); `--device cuda` is accepted and labels nothing else.
 """
 from __future__ import annotations
@@ -131,7 +131,8 @@ def main():
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--no-naive", action="store_true")
     ap.add_argument("--naive-reps", type=int, default=1, help="the naive baseline is slow: 1 rep by default")
-    ap.add_argument("--smollm2", action="store_true")
+    ap.add_argument("--smollm2", action="store_true", help="also run `cka` end to end on SmolLM2-135M (GGUF)")
+    ap.add_argument("--skip-weights", action="store_true", help="only the SmolLM2 CKA run")
     ap.add_argument("--device", default="cpu", help="accepted for the common bench interface; analysis is CPU-only")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
@@ -141,13 +142,15 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_analysis_") as tmp:
         tmp = Path(tmp)
+        if args.skip_weights:
+            args.gb = 0.0
         t0 = time.perf_counter()
-        base, new, size, cfg = make_checkpoints(tmp, args.gb)
+        base, new, size, cfg = make_checkpoints(tmp, args.gb) if args.gb else (None, None, 1, {})
         gb = size / 2**30
         print(f"machine: {machine}; generated 2 x {gb:.2f} GiB in {time.perf_counter() - t0:.0f} s; {cfg}")
         providers = [(f"prism_fast workers={w}", lambda w=int(w): run_prism(base, new, w, tmp / f"out{w}"))
-                     for w in args.workers.split(",")]
-        if not args.no_naive:
+                     for w in args.workers.split(",") if not args.skip_weights]
+        if providers and not args.no_naive:
             providers.append(("naive load_file + torch", lambda: run_naive(base, new)))
         results = {}
         for name, fn in providers:

@@ -28,7 +28,10 @@ def _model_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m prism_fast.analyze", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m prism_fast.analyze",
+                                 description="PRISM analyses of checkpoints (HF safetensors dirs, trainer DCP dirs). "
+                                 "Each command writes <out>/<command>.json, <command>.md and PNG plots. "
+                                 "Definitions: docs/analysis.md.")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("weights", help="relative change and changed fraction per matrix/component/layer")
     p.add_argument("--base", action="append", required=True, help="old checkpoint (once, or once per --new)")
