@@ -270,3 +270,46 @@ def test_presets_exact_percentages(tmp_path):
     mcs = presets.mcs(tmp_path)
     assert dict(zip([s.name for s in mcs.sources], 100 * mcs.weights)) == pytest.approx(presets.percentages("mcs"))
     assert str(mcs.sources[4].path).endswith("megamath_web_pro")
+
+
+_RANK_SCRIPT = """
+import json, os, sys, zlib
+from prism_fast.data import Mixture, Source, build_loader
+root, out = sys.argv[1], sys.argv[2]
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+mix = Mixture([Source(f"{root}/web", 2.0), Source(f"{root}/math", 5.0), Source(f"{root}/code", 3.0)])
+loader = build_loader(mix, seq_len=97, micro_batch_size=2, rank=rank, world_size=world, seed=4)
+rows = {}
+for _ in range(4):
+    b = next(loader)
+    for j, g in enumerate(b["sample_ids"].tolist()):
+        rows[g] = zlib.crc32(b["input_ids"][0, j * 97:(j + 1) * 97].numpy().tobytes())
+loader.close()
+json.dump(rows, open(f"{out}/rank{rank}.json", "w"))
+"""
+
+
+def test_torchrun_ranks_read_disjoint_rows_of_the_global_order(mix_dirs, tmp_path):
+    """Real processes launched by torchrun (different PYTHONHASHSEED each): every rank derives the same global
+    order on its own, reads only its rows, and together they cover the global order."""
+    import subprocess
+    import sys
+    import zlib
+
+    root, _ = mix_dirs
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = dict(__import__("os").environ, PYTHONHASHSEED="random", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                        str(script), str(root), str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {}
+    for rank in range(2):
+        part = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert not set(part) & set(got)
+        got.update({int(g): v for g, v in part.items()})
+    assert sorted(got) == list(range(16))
+    ds = PackedDataset(_mixture(root), L, seed=4)
+    for g, crc in got.items():
+        assert zlib.crc32(ds[g]["input_ids"].tobytes()) == crc
