@@ -93,7 +93,7 @@ def landscape(base, mt, rl, *, alphas=DEFAULT_GRID, betas=DEFAULT_GRID, score_fn
         score_name = f"next_token_loss({eval_name}, n={len(texts)})"
 
         def score_fn(m, t):
-            return next_token_loss(m, t, texts, max_tokens=max_tokens)
+            return {"next_token_loss": next_token_loss(m, t, texts, max_tokens=max_tokens)}
     else:
         score_name = score_fn if isinstance(score_fn, str) else getattr(score_fn, "__name__", "score")
         score_fn = load_score_fn(score_fn) if isinstance(score_fn, str) else score_fn

@@ -98,9 +98,10 @@ def _mean_loss_of(path, texts):
 
 def test_landscape_corners_equal_the_checkpoints(ckpts):
     texts = load_inputs("prose", 6)[1]
-    r = landscape(ckpts["base"], ckpts["mt"], ckpts["rl"], alphas=(0.0, 1.0), betas=(0.0, 1.0),
-                  score_fn=lambda m, t: next_token_loss(m, t, texts, max_tokens=48))
-    m = r["matrices"]["score"]
+    # default score: next-token loss on the first num_eval lines of the bundled prose set
+    r = landscape(ckpts["base"], ckpts["mt"], ckpts["rl"], alphas=(0.0, 1.0), betas=(0.0, 1.0), num_eval=6,
+                  max_tokens=48)
+    m = r["matrices"]["next_token_loss"]
     assert m[0][0] == pytest.approx(_mean_loss_of(ckpts["base"], texts), rel=1e-5)
     assert m[1][0] == pytest.approx(_mean_loss_of(ckpts["mt"], texts), rel=1e-5)
     assert m[1][1] == pytest.approx(_mean_loss_of(ckpts["rl"], texts), rel=1e-5)
