@@ -166,6 +166,10 @@ def test_update_direction_matches_direct_cosine(tmp_path):
     assert r["group"]["all"]["cosine"] == pytest.approx(float(db @ dc / (db.norm() * dc.norm())), rel=1e-5)
     assert r["component"]["q"]["cosine"] == pytest.approx(-1.0, abs=1e-6)
     assert 0.7 < r["component"]["embed"]["cosine"] < 0.9  # 0.1^2 / (0.1^2 + 0.05^2) = 0.8
+    r2 = update_direction(*(tmp_path / f"{n}.safetensors" for n in "abc"), chunk_elements=500, workers=2)
+    assert r2["workers"] == 2 and r2["worker_cpu_seconds"] > 0
+    for key, v in r["component"].items():
+        assert r2["component"][key]["cosine"] == pytest.approx(v["cosine"], rel=1e-5, abs=1e-7), key
 
 
 def test_trajectory_front_loading(tmp_path):
