@@ -29,7 +29,7 @@ from prism_fast.distributed import destroy_distributed, init_distributed
 from prism_fast.distributed.fp8 import fp8_autocast_ctx
 from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
-from prism_fast.train.config import JobConfig, save_json, to_dict
+from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
 from prism_fast.train.model_init import build_parallel_model
 
@@ -131,7 +131,6 @@ class Trainer:
         """Lr -> micro steps (forward/backward) -> clip -> optimizer (skip on device if non-finite)."""
         lr = self.cfg.optim.lr * self.schedule(self.step)
         self.optimizer.set_lr(lr)
-        t0 = time.perf_counter()
         cursor = self.data.cursor()
         micro = [self._to_device(next(self.data_iter)) for _ in range(self.grad_accum)]
         # Global valid-token count of this optimizer step, on device (collective, no host sync).
@@ -153,7 +152,6 @@ class Trainer:
         w["nonfinite"].append((self.step + 1, found_inf, cursor))  # 1-based, as logged
         w["lr"] = lr
         w["steps"] += 1
-        w["host_time"] += time.perf_counter() - t0
 
     def forward_backward_step(self, mb: dict, n_tok_global: torch.Tensor) -> torch.Tensor:
         """One micro step. Returns this rank's summed token loss (detached, fp32 device scalar)."""
@@ -174,7 +172,7 @@ class Trainer:
         n = len(self.domains)
         z = lambda *s: torch.zeros(*s, device=self.device, dtype=torch.float32)  # noqa: E731
         self.win = {"loss_sum": z(()), "tokens": z(()), "dom_loss": z(n), "dom_tok": z(n), "nonfinite": [],
-                    "steps": 0, "host_time": 0.0, "t_start": time.perf_counter(), "lr": 0.0, "grad_norm": z(()),
+                    "steps": 0, "t_start": time.perf_counter(), "lr": 0.0, "grad_norm": z(()),
                     "last_loss": z(()), "last_tokens": z(())}
         self._streak = getattr(self, "_streak", [])
 
