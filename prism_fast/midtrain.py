@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     try:
         trainer = Trainer(cfg)
         status = trainer.train()
+        trainer.metrics.close()  # progress bar first, then the summary
         if trainer.rank == 0:
             print(trainer.summary(), flush=True)
         return 0 if status in ("done", "preempted") else 1

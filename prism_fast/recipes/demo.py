@@ -1,11 +1,11 @@
 """`demo` (the default of `python -m prism_fast.midtrain`): SmolLM2-135M-Instruct, de-quantized from the bundled
 GGUF, mid-trained on the bundled default mixture (general / chat / math / code / science): bf16 compute with fp32
 master weights, cosine schedule with warmup, held-out loss per domain at the start and the end, a checkpoint
-every 6 steps, and an HF export in runs/demo/.
+every 14 steps, and an HF export in runs/demo/.
 
-Size: 12 steps x 4 rows x 256 tokens. One such 1k-token step measured ~14 s on one core of this (shared) 2-core
-machine (bench_midtrain: ~7 s per 512 tokens), so the run, with ~1 min of GGUF loading and corpus preparation, two
-2.2 GB checkpoints and the export, takes about 5 minutes on 2 cores. Raise --train.steps on a bigger machine.
+Size: 28 steps x 4 rows x 256 tokens. Measured on this 2-core CPU: ~8.3 s per 1k-token step, ~25 s of GGUF
+loading + corpus preparation, ~5.5 s per 2.2 GB checkpoint; a 12-step run took 2 min 17 s end to end, so 28 steps
+take about 4.5 minutes. Raise --train.steps on a bigger machine.
 """
 from prism_fast.distributed import ParallelConfig
 from prism_fast.train import checkpoint, lr_schedules, metrics, optim
@@ -16,10 +16,10 @@ def demo(run_dir: str = "runs/demo") -> JobConfig:
     return JobConfig(
         model=ModelSection(path="smollm2"),
         data=DataSection(mixture="default", seq_len=256, micro_batch_size=1, val_batches=1),
-        train=TrainSection(steps=12, global_batch_size=4, run_dir=run_dir),
+        train=TrainSection(steps=28, global_batch_size=4, run_dir=run_dir),
         optim=optim.Config(lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-10, grad_clip=1.0),
         schedule=lr_schedules.Config(name="cosine", warmup_steps=2, min_lr_ratio=0.1),
         parallel=ParallelConfig(param_dtype="bf16", reduce_dtype="fp32"),
-        checkpoint=checkpoint.Config(interval=6, keep_last=2, resume="none", export_dtype="bf16"),
+        checkpoint=checkpoint.Config(interval=14, keep_last=2, resume="none", export_dtype="bf16"),
         metrics=metrics.Config(log_every=2, progress_bar=True),
     )
