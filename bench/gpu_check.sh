@@ -81,12 +81,13 @@ say '```'
 # 3. Microbenchmarks (each bounded; CSV rows land in bench/results/<op>.csv).
 say ""
 say "## Benchmarks (--device cuda --quick; ${BENCH_TIMEOUT} s cap each)"
-for b in bench_fused_loss bench_attention bench_ssd bench_conv1d bench_mamba2 bench_midtrain; do
+for b in bench_fused_loss bench_attention bench_ssd bench_conv1d bench_mamba2 bench_models bench_midtrain; do
   [ -f "bench/$b.py" ] || continue
+  EXTRA=""; grep -q -- "--overwrite" "bench/$b.py" && EXTRA="--overwrite"
   say ""
   say "### $b ($(elapsed) s)"
   say '```'
-  timeout "$BENCH_TIMEOUT" "$PY" "bench/$b.py" --device cuda --quick --overwrite 2>&1 | tee -a "$LOG" | tail -30 \
+  timeout "$BENCH_TIMEOUT" "$PY" "bench/$b.py" --device cuda --quick $EXTRA 2>&1 | tee -a "$LOG" | tail -30 \
     | tee -a "$REPORT"
   say "rc=${PIPESTATUS[0]}"
   say '```'
