@@ -92,7 +92,9 @@ print("RESULT" + json.dumps(res))
 @pytest.mark.slow
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_torch_backend_realistic_shape_numerics_and_measured_peak():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A fixed mmap threshold turns off glibc's dynamic threshold: every block >= 64 KiB is its own mapping and is
+    # unmapped on free, so VmHWM tracks live bytes instead of whatever the heap kept from earlier measurements.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
     proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, timeout=600)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stderr[-3000:]
