@@ -20,6 +20,7 @@ import json
 import os
 import re
 import struct
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ _DCP_NON_MODEL = ("optimizer", "optim", "lr_scheduler", "scheduler", "lr_schedul
                   "loader", "train_state", "rng", "rng_state", "step", "extra", "metrics")
 
 
-class CheckpointReader:
+class CheckpointReader(ABC):
     """Uniform read-only view of a checkpoint: names, shapes, dtypes, and reads of whole tensors or row ranges.
 
     read(name, r0, r1) -> tensor of rows [r0, r1) along dim 0 in the stored dtype (whole tensor when r0/r1 are
@@ -47,18 +48,22 @@ class CheckpointReader:
     row_sliceable = False
     path: str
 
+    @abstractmethod
     def names(self) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def shape(self, name: str) -> tuple[int, ...]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def dtype(self, name: str) -> torch.dtype:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def read(self, name: str, r0: int | None = None, r1: int | None = None, out: torch.Tensor | None = None
              ) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def nbytes(self, name: str) -> int:
         n = 1
