@@ -19,7 +19,7 @@ from torch import nn
 
 from prism_fast.models.cache import KVCache, ModelCache
 from prism_fast.models.config import ModelConfig
-from prism_fast.ops import apply_rotary, rms_norm, rotary_cos_sin, rotary_inv_freq, varlen_attention
+from prism_fast.ops import apply_rotary, concat_linear, rms_norm, rotary_cos_sin, rotary_inv_freq, varlen_attention
 
 
 @dataclass
@@ -99,9 +99,15 @@ class Attention(nn.Module):
 
     def forward(self, x_BTD: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q_BTHK = self.q_proj(x_BTD).view(B, T, self.num_heads, self.head_dim)
-        k_BTGK = self.k_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
-        v_BTGK = self.v_proj(x_BTD).view(B, T, self.num_kv_heads, self.head_dim)
+        # One GEMM for q, k and v (ops/concat_linear.py); the params keep their HF names.
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        qkv = concat_linear(x_BTD, [p.weight for p in projs],
+                            [p.bias for p in projs] if self.q_proj.bias is not None else None)
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.split([nq, nkv, nkv], dim=-1)                                # strided views
+        q_BTHK = q.view(B, T, self.num_heads, self.head_dim)
+        k_BTGK = k.view(B, T, self.num_kv_heads, self.head_dim)
+        v_BTGK = v.view(B, T, self.num_kv_heads, self.head_dim)
         if ctx.rope is not None:
             q_BTHK, k_BTGK = apply_rotary(q_BTHK, k_BTGK, *ctx.rope)
         if ctx.cache is None:
@@ -136,7 +142,12 @@ class MLP(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act(self.up_proj(x_BTD)))
-        return self.down_proj(self.act(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+        # gate and up as one GEMM (ops/concat_linear.py); the params keep their HF names.
+        projs = (self.gate_proj, self.up_proj)
+        gu = concat_linear(x_BTD, [p.weight for p in projs],
+                           [p.bias for p in projs] if self.up_proj.bias is not None else None)
+        g, u = gu.chunk(2, dim=-1)
+        return self.down_proj(self.act(g) * u)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "MLP":

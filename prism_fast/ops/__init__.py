@@ -4,6 +4,7 @@ This package is the only caller of prism_fast.kernels (Triton) and the csrc/ nat
 """
 from prism_fast.ops._dispatch import override_backend
 from prism_fast.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
+from prism_fast.ops.concat_linear import concat_linear, concat_linear_ref
 from prism_fast.ops.decode_attention import decode_attention, decode_attention_ref
 from prism_fast.ops.fused_linear_cross_entropy import (fused_linear_cross_entropy,
                                                        fused_linear_cross_entropy_ref)
@@ -18,6 +19,7 @@ from prism_fast.ops.varlen_attention import varlen_attention, varlen_attention_r
 
 __all__ = [
     "causal_conv1d", "causal_conv1d_ref",
+    "concat_linear", "concat_linear_ref",
     "decode_attention", "decode_attention_ref",
     "rms_norm", "rms_norm_ref",
     "apply_rotary", "apply_rotary_ref", "rotary_cos_sin", "rotary_inv_freq",
