@@ -76,25 +76,39 @@ class AdamW:
                                      weight_decay=cfg.weight_decay, fused=self.fused or None,
                                      foreach=None if self.fused else True)
         self._warned = False
+        self._unclip = None          # set by clip_grad_norm, consumed by step (fused path)
 
     def set_lr(self, lr: float):
         for g in self.opt.param_groups:
             g["lr"] = lr
 
     def clip_grad_norm(self) -> torch.Tensor:
-        """Global L2 grad norm as a plain (replicated) 0-d tensor on device; clips in place if grad_clip > 0.
+        """Global L2 grad norm as a plain (replicated) 0-d tensor on device; clips if grad_clip > 0.
 
         With FSDP2 the grads are DTensors: torch computes the local norms, the DTensor reduction all-reduces
         them, and `full_tensor()` returns the replicated value -- no host sync.
+        With the fused AdamW the clip is not a separate pass: the clip factor goes into the kernel's `grad_scale`
+        (grads are divided by max(1, norm / max_norm) as they are read), saving one read-modify-write of every
+        gradient per step. Otherwise (or on a torch without get_total_norm) the grads are scaled in place here.
         """
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        self._unclip = None
+        get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+        if self.fused and get_total_norm is not None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = get_total_norm(grads, 2.0, foreach=True)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            if max_norm != float("inf"):
+                # clip_grad_norm_'s factor max_norm / (norm + 1e-6), clamped to 1, as a divisor
+                self._unclip = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
+            return norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def step(self, found_inf: torch.Tensor):
         """found_inf: 0-d float tensor on the param device; 1.0 means skip this update entirely."""
         if self.fused:
-            self.opt.grad_scale = None
+            self.opt.grad_scale, self._unclip = getattr(self, "_unclip", None), None
             self.opt.found_inf = found_inf.to(torch.float32)
             try:
                 self.opt.step()
