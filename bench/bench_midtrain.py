@@ -8,14 +8,18 @@ Providers (each in its own process, so peak memory is clean):
   ours         prism_fast: FSDP2 (1 rank) with MixedPrecisionPolicy(bf16 params, fp32 reduce), fp32 master weights,
                packed row + cu_seqlens, loss = sum / global tokens through the chunked fused linear-CE (no [N, V]
                logits), fused AdamW with the on-device non-finite skip -- the exact calls Trainer.train_step makes.
+  ours_compiled  the same with --parallel.compile=true: per-block torch.compile (one graph per block: the CPU
+               attention is an opaque custom op) and the LM-head loss's row math compiled.
   hf_autocast  transformers AutoModelForCausalLM, fp32 weights, torch.autocast(bf16), model(labels=...) mean loss,
                torch.optim.AdamW (default foreach), clip_grad_norm_ -- what HF Trainer --bf16 does. Same numerics
                class as ours (fp32 master weights): the primary baseline.
   hf_bf16      same but the whole model in bf16 (bf16 weights + AdamW states): less memory, lossy updates.
 Metrics: tokens/s (median step time after warmup) and peak resident memory during the steps (CPU: VmHWM after
 resetting it through /proc/self/clear_refs once the model and optimizer exist; CUDA: max_memory_allocated).
-Rows go to bench/results/midtrain.csv; ratios are printed from this one run. On a shared CPU the providers run
-`--rounds` times in alternating order and each keeps its fastest round; the 1-minute load average is printed.
+Rows go to bench/results/midtrain.csv; ratios are printed from this one run.
+Timing is LOCKSTEP: all providers are set up at once (one process each), then step i of every provider runs back to
+back (in rotating order) before step i+1 of any, so a slow spell of a shared machine hits every provider alike.
+Reported: median step time per provider and the median over steps of the per-step time ratio.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import utils  # noqa: E402
 
-PROVIDERS = ("ours", "hf_autocast", "hf_bf16")
+PROVIDERS = ("ours_compiled", "ours", "hf_autocast", "hf_bf16")
 
 
 def _rows(seq_len, batch, vocab, seed=0):
@@ -113,96 +117,147 @@ def _setup_hf(args, device, pure_bf16):
 
 
 def worker(args):
+    """One provider. Protocol on stdin/stdout: prints READY after setup + warmup; each "step" line runs one step
+    and answers "T <seconds>"; "done" answers "RESULT <json>" (peak memory, first loss) and exits."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.worker == "ours":
+    if args.worker.startswith("ours"):
+        args.compile = args.worker == "ours_compiled"
         step, _ = _setup_ours(args, device)
     else:
         step, _ = _setup_hf(args, device, pure_bf16=args.worker == "hf_bf16")
     utils.sync(device)
+    losses = [float(step()) for _ in range(args.warmup)]          # includes compilation for ours_compiled
+    utils.sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reset_ok = _reset_peak_rss()
-    losses = [float(step()) for _ in range(args.warmup)]
-    p50, p20, p80 = utils.time_fn(step, device=device, warmup=0, reps=args.steps)
+    print("READY", flush=True)
+    import time
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "step":
+            t0 = time.perf_counter()
+            step()
+            utils.sync(device)
+            print(f"T {time.perf_counter() - t0}", flush=True)
+        elif cmd == "done":
+            break
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else _peak_rss_gib()
-    print("RESULT " + json.dumps({"provider": args.worker, "ms": [p50, p20, p80], "peak_gib": peak,
+    print("RESULT " + json.dumps({"provider": args.worker, "peak_gib": peak,
                                   "peak_is_step_only": bool(reset_ok or device.type == "cuda"),
                                   "first_loss": losses[0] if losses else None}), flush=True)
-    if args.worker == "ours":
+    if args.worker.startswith("ours"):
         from prism_fast.distributed import destroy_distributed
         destroy_distributed()
 
 
+def _read_until(proc, prefix):
+    """Next stdout line of `proc` starting with `prefix` (other lines are echoed); None if the process ended."""
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix):].strip()
+    return None
+
+
 def main():
+    import statistics
+    import tempfile
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer steps (GPU check script)")
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed lockstep steps per provider")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--ac", default="none")
-    p.add_argument("--compile", action="store_true", help="per-block torch.compile for ours")
-    p.add_argument("--providers", default=",".join(PROVIDERS))
-    p.add_argument("--rounds", type=int, default=2,
-                   help="run the providers this many times in alternating order and keep each one's fastest "
-                        "round (the CPU box is shared: load drifts over minutes)")
+    p.add_argument("--providers", default="ours_compiled,ours,hf_autocast",
+                   help=f"comma-separated subset of {','.join(PROVIDERS)} (each process holds a model + AdamW: "
+                        "~5-6 GiB each for SmolLM2 on CPU)")
     p.add_argument("--worker", choices=PROVIDERS, help=argparse.SUPPRESS)
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.seq_len = args.seq_len or (2048 if cuda else 512)
     args.batch = args.batch or (8 if cuda else 4)
-    args.steps = args.steps or ((5 if cuda else 3) if args.quick else (20 if cuda else 5))
+    args.steps = args.steps or ((5 if cuda else 4) if args.quick else (20 if cuda else 8))
+    args.compile = False
     if args.worker:
         return worker(args)
 
-    results = {}
-    provs = args.providers.split(",")
-    order = [p for r in range(args.rounds) for p in (provs if r % 2 == 0 else provs[::-1])]
-    for prov in order:
+    provs = [x for x in args.providers.split(",") if x]
+    for x in provs:
+        if x not in PROVIDERS:
+            raise SystemExit(f"unknown provider {x!r}; choose from {PROVIDERS}")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    procs, logs = {}, {}
+    for prov in provs:
         cmd = [sys.executable, __file__, "--worker", prov, "--device", args.device, "--seq-len", str(args.seq_len),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--ac", args.ac] + (["--compile"] if args.compile else [])
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode != 0 or not line:
-            print(f"{prov}: FAILED\n{out.stderr[-3000:]}")
-            continue
-        res = json.loads(line[0][7:])
-        res["load1"] = os.getloadavg()[0]
-        if prov not in results or res["ms"][0] < results[prov]["ms"][0]:
-            results[prov] = res
+               "--batch", str(args.batch), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--ac", args.ac]
+        # each ours-worker is its own 1-rank torch.distributed job (init_distributed picks a free port)
+        penv = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+        logs[prov] = tempfile.TemporaryFile(mode="w+")
+        procs[prov] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[prov],
+                                       text=True, env=penv)
+    failed = set()
+    for prov, proc in procs.items():
+        if _read_until(proc, "READY") is None:
+            logs[prov].seek(0)
+            print(f"{prov}: FAILED during setup\n{logs[prov].read()[-3000:]}")
+            failed.add(prov)
+    live = [x for x in provs if x not in failed]
+    times = {x: [] for x in live}
+    for i in range(args.steps):
+        order = live[i % len(live):] + live[:i % len(live)] if live else []
+        for prov in order:
+            procs[prov].stdin.write("step\n")
+            procs[prov].stdin.flush()
+            t = _read_until(procs[prov], "T ")
+            if t is None:
+                raise SystemExit(f"{prov} died during step {i}")
+            times[prov].append(float(t))
+    results = {}
+    for prov in live:
+        procs[prov].stdin.write("done\n")
+        procs[prov].stdin.flush()
+        results[prov] = json.loads(_read_until(procs[prov], "RESULT "))
+        procs[prov].wait()
+    for prov in failed:
+        procs[prov].kill()
+
     tokens = args.seq_len * args.batch
     dev = utils.device_name(args.device)
+    load1 = os.getloadavg()[0]
     cfg = {"model": "SmolLM2-135M-Instruct", "seq_len": args.seq_len, "batch": args.batch, "dtype": "bf16",
-           "rounds": args.rounds,
-           "steps": args.steps, "ac": args.ac, "compile": args.compile, "torch_threads": torch.get_num_threads()}
-    print(f"\nmid-training step, SmolLM2-135M, {args.batch} x {args.seq_len} tokens/step, bf16, on {dev}")
-    print(f"{'provider':<13}{'ms/step p50':>12}{'(p20-p80)':>18}{'tokens/s':>11}{'peak GiB':>10}{'load1':>7}")
+           "timing": "lockstep", "steps": args.steps, "ac": args.ac, "torch_threads": torch.get_num_threads()}
+    print(f"\nmid-training step, SmolLM2-135M, {args.batch} x {args.seq_len} tokens/step, bf16, on {dev} "
+          f"(lockstep, {args.steps} steps each, load1 {load1:.1f})")
+    print(f"{'provider':<15}{'ms/step p50':>12}{'(min-max)':>18}{'tokens/s':>11}{'peak GiB':>10}")
     rows = []
     for prov, r in results.items():
-        p50, p20, p80 = r["ms"]
-        tps = tokens / (p50 / 1e3)
-        r["tps"] = tps
-        print(f"{prov:<13}{p50:>12.0f}{f'({p20:.0f}-{p80:.0f})':>18}{tps:>11.0f}{r['peak_gib']:>10.2f}"
-              f"{r['load1']:>7.1f}")
-        rows.append(utils.row("midtrain", prov, "full", "step_time", "ms", tokens, p50, p20, p80, config=cfg,
-                              device=args.device))
-        rows.append(utils.row("midtrain", prov, "full", "tokens_per_s", "tok/s", tokens, tps, config=cfg,
+        ts = sorted(times[prov])
+        p50 = statistics.median(ts) * 1e3
+        r["tps"] = tokens / (p50 / 1e3)
+        print(f"{prov:<15}{p50:>12.0f}{f'({ts[0] * 1e3:.0f}-{ts[-1] * 1e3:.0f})':>18}{r['tps']:>11.0f}"
+              f"{r['peak_gib']:>10.2f}")
+        rows.append(utils.row("midtrain", prov, "full", "step_time", "ms", tokens, p50, ts[0] * 1e3, ts[-1] * 1e3,
+                              config=cfg, device=args.device))
+        rows.append(utils.row("midtrain", prov, "full", "tokens_per_s", "tok/s", tokens, r["tps"], config=cfg,
                               device=args.device))
         rows.append(utils.row("midtrain", prov, "full", "peak_memory", "GiB", tokens, r["peak_gib"], config=cfg,
                               device=args.device))
-    if "ours" in results:
+    for ours in ("ours_compiled", "ours"):
         for base in ("hf_autocast", "hf_bf16"):
-            if base in results:
-                o, b = results["ours"], results[base]
-                print(f"ours vs {base}: {o['tps'] / b['tps']:.2f}x tokens/s, {o['peak_gib'] / b['peak_gib']:.2f}x "
-                      f"peak memory")
+            if ours in results and base in results:
+                step_ratio = statistics.median(b / o for o, b in zip(times[ours], times[base]))
+                mem = results[ours]["peak_gib"] / results[base]["peak_gib"]
+                print(f"{ours} vs {base}: {step_ratio:.2f}x tokens/s (median of per-step ratios), "
+                      f"{mem:.2f}x peak memory")
+                rows.append(utils.row("midtrain", f"{ours}_vs_{base}", "full", "speedup", "x", tokens, step_ratio,
+                                      config=cfg, device=args.device))
     mem = "peak RSS during the steps (VmHWM reset after setup)" if args.device == "cpu" else "max_memory_allocated"
     print(f"memory = {mem}; losses at step 1: " +
           ", ".join(f"{k} {v['first_loss']:.4f}" for k, v in results.items() if v.get("first_loss") is not None))

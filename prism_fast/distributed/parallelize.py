@@ -63,6 +63,11 @@ def parallelize(model: torch.nn.Module, dims: ParallelDims, cfg: Config, device_
     info["ac_blocks"] = apply_ac(model, cfg.ac, cfg.ac_every)
     if cfg.compile:
         info["compiled_blocks"] = apply_compile(model)
+        if hasattr(model, "loss_backend") and device_type == "cpu":
+            # The LM-head loss's row math (softmax + dlogits over [chunk, V]) compiled too: on CPU it is ~7 eager
+            # passes over an fp32 copy of the logits otherwise. (CUDA keeps the Triton row kernel.)
+            model.loss_backend = "inductor"
+            info["loss_backend"] = "inductor"
     dims.build_mesh(device_type)
     # With a 1-rank shard group a "shard" is the whole tensor: resharding after forward frees only the bf16
     # compute copies and costs a second all-gather (cast + copies) in backward, so it is skipped there.

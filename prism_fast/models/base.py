@@ -47,6 +47,9 @@ class CausalLM(nn.Module):
         setattr(self, prefix, inner)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg) if cfg.position_embedding_type == "rope" and cfg.num_attention_layers else None
+        self.loss_backend = "auto"
+        """Backend of the fused LM-head loss (ops.fused_linear_cross_entropy); parallelize() sets "inductor"
+        when it compiles the blocks."""
         self.tie_weights()
 
     # ---- module access (names differ per family) ----
@@ -164,7 +167,7 @@ class CausalLM(nn.Module):
                 raise ValueError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {(B, T)}")
             out = fused_linear_cross_entropy(h.reshape(B * T, D), w, labels.reshape(B * T), ignore_index=ignore_index,
                                              reduction=loss_reduction, logit_scale=1.0 / self.config.logits_scaling,
-                                             return_per_token=return_per_token)
+                                             return_per_token=return_per_token, backend=self.loss_backend)
             if return_per_token:
                 loss, per_tok = out
                 return (loss.view(B, T) if loss_reduction == "none" else loss), per_tok.view(B, T)
