@@ -8,12 +8,16 @@ Providers (each in its own process, so peak memory is clean):
   ours         prism_fast: FSDP2 (1 rank) with MixedPrecisionPolicy(bf16 params, fp32 reduce), fp32 master weights,
                packed row + cu_seqlens, loss = sum / global tokens through the chunked fused linear-CE (no [N, V]
                logits), fused AdamW with the on-device non-finite skip -- the exact calls Trainer.train_step makes.
+               On CPU, like Trainer (train.keep_host_memory=true), freed host memory is kept for reuse
+               (train/host_allocator.py: glibc mallopt), so MB-sized tensors are not page-faulted in every step.
   ours_compiled  the same with --parallel.compile=true: per-block torch.compile (one graph per block: the CPU
                attention is an opaque custom op) and the LM-head loss's row math compiled.
   hf_autocast  transformers AutoModelForCausalLM, fp32 weights, torch.autocast(bf16), model(labels=...) mean loss,
                torch.optim.AdamW (default foreach), clip_grad_norm_ -- what HF Trainer --bf16 does. Same numerics
                class as ours (fp32 master weights): the primary baseline.
   hf_bf16      same but the whole model in bf16 (bf16 weights + AdamW states): less memory, lossy updates.
+  hf_autocast_keepmem  hf_autocast in a process with the same allocator setting as ours (to separate what the
+               allocator buys from what our code buys; not in the default set).
 Metrics: tokens/s (median step time after warmup) and peak resident memory during the steps (CPU: VmHWM after
 resetting it through /proc/self/clear_refs once the model and optimizer exist; CUDA: max_memory_allocated).
 Rows go to bench/results/midtrain.csv; ratios are printed from this one run.
@@ -35,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import utils  # noqa: E402
 
-PROVIDERS = ("ours_compiled", "ours", "hf_autocast", "hf_bf16")
+PROVIDERS = ("ours_compiled", "ours", "hf_autocast", "hf_bf16", "hf_autocast_keepmem")
 
 
 def _rows(seq_len, batch, vocab, seed=0):
@@ -72,6 +76,9 @@ def _setup_ours(args, device):
     from prism_fast.train import optim
     from prism_fast.train.config import ModelSection
     from prism_fast.train.model_init import build_parallel_model
+    if device.type == "cpu":            # what Trainer does for train.keep_host_memory=true (the default)
+        from prism_fast.train.host_allocator import keep_freed_host_memory
+        keep_freed_host_memory()
     init_distributed(device.type)
     pcfg = ParallelConfig(param_dtype="bf16", reduce_dtype="fp32", ac=args.ac, compile=args.compile)
     model, cfg, _ = build_parallel_model(ModelSection(path="smollm2"), pcfg, ParallelDims(world_size=1), device)
@@ -127,6 +134,9 @@ def worker(args):
         args.compile = args.worker == "ours_compiled"
         step, _ = _setup_ours(args, device)
     else:
+        if args.worker == "hf_autocast_keepmem" and device.type == "cpu":
+            from prism_fast.train.host_allocator import keep_freed_host_memory
+            keep_freed_host_memory()
         step, _ = _setup_hf(args, device, pure_bf16=args.worker == "hf_bf16")
     utils.sync(device)
     losses = [float(step()) for _ in range(args.warmup)]          # includes compilation for ours_compiled
@@ -250,7 +260,7 @@ def main():
         rows.append(utils.row("midtrain", prov, "full", "peak_memory", "GiB", tokens, r["peak_gib"], config=cfg,
                               device=args.device))
     for ours in ("ours_compiled", "ours"):
-        for base in ("hf_autocast", "hf_bf16"):
+        for base in ("hf_autocast", "hf_bf16", "hf_autocast_keepmem"):
             if ours in results and base in results:
                 step_ratio = statistics.median(b / o for o, b in zip(times[ours], times[base]))
                 mem = results[ours]["peak_gib"] / results[base]["peak_gib"]

@@ -23,27 +23,45 @@ _flash_fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 
-def _docs(cu_seqlens: torch.Tensor):
-    """(start, end) of every non-empty document (one host read of cu_seqlens)."""
+def _runs(cu_seqlens: torch.Tensor):
+    """(start, length, count) of every run of consecutive non-empty documents of equal length (one host read of
+    cu_seqlens). A run of m documents of length L starting at row s is rows [s, s + m * L)."""
     b = cu_seqlens.tolist()
-    return [(s, e) for s, e in zip(b[:-1], b[1:]) if e > s]
+    runs = []
+    for s, e in zip(b[:-1], b[1:]):
+        if e == s:
+            continue
+        if runs and runs[-1][1] == e - s and runs[-1][0] + runs[-1][1] * runs[-1][2] == s:
+            runs[-1][2] += 1
+        else:
+            runs.append([s, e - s, 1])
+    return runs
 
 
-def _bhld(x: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """Rows [s, e) of a packed [T, H, Dh] tensor as a strided [1, H, L, Dh] view."""
-    return x[s:e].transpose(0, 1).unsqueeze(0)
+def _bhld(x: torch.Tensor, s: int, L: int, m: int) -> torch.Tensor:
+    """Rows [s, s + m * L) of a packed [T, H, Dh] tensor as a strided [m, H, L, Dh] view (m documents of L)."""
+    return x[s:s + m * L].unflatten(0, (m, L)).transpose(1, 2)
+
+
+def _lse_view(lse: torch.Tensor, s: int, L: int, m: int) -> torch.Tensor:
+    """Columns [s, s + m * L) of lse [H, T] as a strided [m, H, L] view."""
+    return lse[:, s:s + m * L].unflatten(1, (m, L)).transpose(0, 1)
 
 
 @torch.library.custom_op("prism::varlen_attention_cpu_fwd", mutates_args=(), device_types="cpu")
 def varlen_attention_cpu_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                              causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [T, H, Dh], k / v [T, Hkv, Dh], cu_seqlens int [n + 1] -> (out [T, H, Dh], lse fp32 [H, T])."""
+    """q [T, H, Dh], k / v [T, Hkv, Dh], cu_seqlens int [n + 1] -> (out [T, H, Dh], lse fp32 [H, T]).
+
+    Consecutive documents of equal length go to the kernel as one batch (a strided view, no copy): a plain [B, T]
+    batch is one call instead of B, which also gives the kernel B x H work items to spread over the threads
+    (measured 2-core CPU, bf16, 4 x 512 tokens, 9 / 3 heads: backward 41 ms batched vs 4 x 15 ms)."""
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)   # docs cover [0, T)
-    for s, e in _docs(cu_seqlens):
-        o, l = _flash_fwd(_bhld(q, s, e), _bhld(k, s, e), _bhld(v, s, e), 0.0, causal, scale=scale)
-        out[s:e] = o[0].transpose(0, 1)
-        lse[:, s:e] = l[0]
+    for s, L, m in _runs(cu_seqlens):
+        o, l = _flash_fwd(_bhld(q, s, L, m), _bhld(k, s, L, m), _bhld(v, s, L, m), 0.0, causal, scale=scale)
+        _bhld(out, s, L, m).copy_(o)
+        _lse_view(lse, s, L, m).copy_(l)
     return out, lse
 
 
@@ -58,10 +76,12 @@ def varlen_attention_cpu_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tenso
                              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dq, dk, dv) shaped like (q, k, v)."""
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)        # docs cover [0, T)
-    for s, e in _docs(cu_seqlens):
-        gq, gk, gv = _flash_bwd(_bhld(dout, s, e), _bhld(q, s, e), _bhld(k, s, e), _bhld(v, s, e),
-                                _bhld(out, s, e), lse[None, :, s:e], 0.0, causal, scale=scale)
-        dq[s:e], dk[s:e], dv[s:e] = gq[0].transpose(0, 1), gk[0].transpose(0, 1), gv[0].transpose(0, 1)
+    for s, L, m in _runs(cu_seqlens):
+        gq, gk, gv = _flash_bwd(_bhld(dout, s, L, m), _bhld(q, s, L, m), _bhld(k, s, L, m), _bhld(v, s, L, m),
+                                _bhld(out, s, L, m), _lse_view(lse, s, L, m), 0.0, causal, scale=scale)
+        _bhld(dq, s, L, m).copy_(gq)
+        _bhld(dk, s, L, m).copy_(gk)
+        _bhld(dv, s, L, m).copy_(gv)
     return dq, dk, dv
 
 

@@ -137,7 +137,10 @@ def _flce_chunks(hidden, weight, labels, *, impl, ignore_index, logit_scale, z_l
     if impl == "triton":
         chunk_fn, c = _ce_chunk_triton, chunk_rows(n, v, cdt.itemsize, TRITON_CHUNK_BYTES, chunk_size)
     elif impl == "inductor":
-        chunk_fn, c = _ce_chunk_inductor, chunk_rows(n, v, TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, chunk_size)
+        # No fp32 [C, V] temporaries: the 16-bit GEMM output + the 16-bit dlogits (4 B per logit at bf16), so the
+        # same budget holds 2x the rows of the eager torch path (fewer chunks: fewer dW accumulations).
+        chunk_fn = _ce_chunk_inductor
+        c = chunk_rows(n, v, 2 * cdt.itemsize, TORCH_CHUNK_BYTES, chunk_size)
     else:
         chunk_fn, c = _ce_chunk_torch, chunk_rows(n, v, TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, chunk_size)
     with_grad = grad is not None and (need_dh or need_dw)

@@ -238,6 +238,10 @@ class TrainSection:
     """Stop after this many consecutive non-finite steps (each is skipped, not applied)."""
     threads: int = 0
     """torch intra-op threads per rank (0 = torch default)."""
+    keep_host_memory: bool = True
+    """CPU runs: keep freed host memory for reuse instead of returning it to the kernel (glibc mallopt; see
+    train/host_allocator.py). Saves the page faults of re-allocating MB-sized tensors every step; RSS stays at
+    its peak instead of shrinking between steps."""
 
     def __post_init__(self):
         if self.steps < 1 or self.global_batch_size < 1:

@@ -31,6 +31,7 @@ from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
+from prism_fast.train.host_allocator import keep_freed_host_memory
 from prism_fast.train.model_init import build_parallel_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Trainer:
         dev_type = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        if dev_type == "cpu" and tc.keep_host_memory:
+            keep_freed_host_memory()
         # Launch-time validation first (files, mesh, batch), before any process group or model exists.
         self.grad_accum = cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
         self.rank, self.world_size, local_rank = init_distributed(dev_type)

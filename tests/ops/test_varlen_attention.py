@@ -168,13 +168,16 @@ def _fwd_bwd_strided(fn, q, k, v, do):
 
 
 def test_cpu_custom_op_is_bitwise_sdpa_per_document():
-    """prism::varlen_attention_cpu_fwd/_bwd (ATen's CPU flash kernels on strided per-document views) must equal
-    eager SDPA per document exactly: same kernels, no copies of the heads. Odd lengths, an empty document,
-    GQA, strided q/k/v (as the fused q/k/v projection produces), fp32 and bf16, causal and bidirectional."""
+    """prism::varlen_attention_cpu_fwd/_bwd (ATen's CPU flash kernels on strided per-document views, runs of equal
+    lengths batched) must equal eager SDPA per document exactly: same kernels, no copies of the heads. Odd
+    lengths, empty documents, equal-length runs, GQA, strided q/k/v (as the fused q/k/v projection produces),
+    fp32 and bf16, causal and bidirectional."""
     import torch.nn.functional as F
     torch.manual_seed(3)
-    lens = [5, 0, 37, 1, 90]
+    lens = [5, 0, 37, 1, 90, 16, 16, 16, 3, 3, 0, 3]      # runs of equal lengths go to the kernel as one batch
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
+    from prism_fast.ops._attention_cpu import _runs
+    assert _runs(cu) == [[0, 5, 1], [5, 37, 1], [42, 1, 1], [43, 90, 1], [133, 16, 3], [181, 3, 3]]
     T, H, Hkv, Dh = sum(lens), 6, 2, 16
     for dtype in (torch.float32, torch.bfloat16):
         for causal in (True, False):
