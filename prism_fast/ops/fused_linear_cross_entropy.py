@@ -54,6 +54,16 @@ def fused_linear_cross_entropy_ref(hidden, weight, labels, *, ignore_index=-100,
     return loss
 
 
+def _row_loss(lse, tgt, valid, grad, logit_scale, z_loss):
+    """Per-row loss, masked lse and the scaled upstream grad g ([C] each; g None without grad), shared by the eager
+    and the compiled row math."""
+    zero = torch.zeros((), device=lse.device)
+    loss = torch.where(valid, lse - tgt + z_loss * lse * lse, zero)
+    lse = torch.where(valid, lse, zero)
+    g = None if grad is None else torch.where(valid, grad.expand(valid.shape).float(), zero) * logit_scale
+    return loss, lse, g
+
+
 def _ce_chunk_torch(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
     """Pure-PyTorch twin of kernels.fused_linear_cross_entropy.flce_chunk.
 
@@ -70,13 +80,9 @@ def _ce_chunk_torch(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
     m = x.amax(dim=-1, keepdim=True)                                                         # [C, 1]
     tgt = x.gather(1, safe).squeeze(1)
     s = x.sub_(m).exp_().sum(dim=-1, keepdim=True)                                         # x <- exp(x - m)
-    lse = (m + s.log()).squeeze(1)
-    zero = torch.zeros((), device=x.device)
-    loss = torch.where(valid, lse - tgt + z_loss * lse * lse, zero)
-    lse = torch.where(valid, lse, zero)
+    loss, lse, g = _row_loss((m + s.log()).squeeze(1), tgt, valid, grad, logit_scale, z_loss)
     if grad is None:
         return loss, lse, None
-    g = torch.where(valid, grad.expand(valid.shape).float(), zero) * logit_scale            # [C]
     x.mul_(((1.0 + 2.0 * z_loss * lse) * g).unsqueeze(1) / s)                               # p (1 + 2 z lse) g s
     x.scatter_add_(1, safe, (-g).unsqueeze(1))                                              # - [j == t] g s
     return loss, lse, x
@@ -85,21 +91,18 @@ def _ce_chunk_torch(logits, labels, grad, *, ignore_index, logit_scale, z_loss):
 def _ce_rows_functional(logits, labels, grad, ignore_index: int, logit_scale: float, z_loss: float):
     """The row math of _ce_chunk_torch written out of place, for torch.compile: inductor fuses it into a few loops
     that read the 16-bit GEMM output directly (max, sum of exp, then dlogits = exp(x - m) * coef written straight
-    back in the GEMM dtype), instead of eager's ~7 passes over an fp32 [C, V] copy.
+    back in the GEMM dtype) and needs no fp32 [C, V] buffer, so chunks can be 2x larger. Measured on the 2-core
+    CPU (1280 x 49152 bf16 chunk): 245 ms, the same as eager's in-place passes -- the win is memory, not time.
     Returns (loss [C] fp32, lse [C] fp32, dlogits [C, V] in logits.dtype or None)."""
     x = logits.float() * logit_scale
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
     m = x.amax(dim=-1, keepdim=True)
     s = torch.exp(x - m).sum(dim=-1, keepdim=True)
-    lse = (m + s.log()).squeeze(1)
-    tgt = x.gather(1, safe).squeeze(1)
-    zero = torch.zeros((), device=x.device)
-    loss = torch.where(valid, lse - tgt + z_loss * lse * lse, zero)
-    lse = torch.where(valid, lse, zero)
+    loss, lse, g = _row_loss((m + s.log()).squeeze(1), x.gather(1, safe).squeeze(1), valid, grad, logit_scale,
+                             z_loss)
     if grad is None:
         return loss, lse, None
-    g = torch.where(valid, grad.expand(valid.shape).float(), zero) * logit_scale                 # [C]
     coef = ((1.0 + 2.0 * z_loss * lse) * g).unsqueeze(1) / s
     d = torch.exp(x - m) * coef
     d = d.scatter_add(1, safe, (-g).unsqueeze(1))
