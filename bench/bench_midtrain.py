@@ -30,8 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -145,7 +148,6 @@ def worker(args):
         torch.cuda.reset_peak_memory_stats(device)
     reset_ok = _reset_peak_rss()
     print("READY", flush=True)
-    import time
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "step":
@@ -173,8 +175,6 @@ def _read_until(proc, prefix):
 
 
 def main():
-    import statistics
-    import tempfile
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="fewer steps (GPU check script)")

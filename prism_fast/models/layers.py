@@ -51,6 +51,13 @@ def activation(name: str):
     return _ACTS[name]
 
 
+def _fused_projection(x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
+    """Several nn.Linear of the same input as ONE GEMM (ops.concat_linear); the params keep their HF names.
+    x [..., D] -> [..., sum of out_features] (the outputs side by side, in argument order)."""
+    biases = [m.bias for m in linears] if linears[0].bias is not None else None
+    return concat_linear(x, [m.weight for m in linears], biases)
+
+
 class RMSNorm(nn.Module):
     """weight [D]; HF rounding order (see prism_fast.ops.norms)."""
 
@@ -99,10 +106,7 @@ class Attention(nn.Module):
 
     def forward(self, x_BTD: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        # One GEMM for q, k and v (ops/concat_linear.py); the params keep their HF names.
-        projs = (self.q_proj, self.k_proj, self.v_proj)
-        qkv = concat_linear(x_BTD, [p.weight for p in projs],
-                            [p.bias for p in projs] if self.q_proj.bias is not None else None)
+        qkv = _fused_projection(x_BTD, self.q_proj, self.k_proj, self.v_proj)
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([nq, nkv, nkv], dim=-1)                                # strided views
         q_BTHK = q.view(B, T, self.num_heads, self.head_dim)
@@ -142,11 +146,7 @@ class MLP(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act(self.up_proj(x_BTD)))
-        # gate and up as one GEMM (ops/concat_linear.py); the params keep their HF names.
-        projs = (self.gate_proj, self.up_proj)
-        gu = concat_linear(x_BTD, [p.weight for p in projs],
-                           [p.bias for p in projs] if self.up_proj.bias is not None else None)
-        g, u = gu.chunk(2, dim=-1)
+        g, u = _fused_projection(x_BTD, self.gate_proj, self.up_proj).chunk(2, dim=-1)
         return self.down_proj(self.act(g) * u)
 
     @classmethod

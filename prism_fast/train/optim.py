@@ -108,7 +108,7 @@ class AdamW:
     def step(self, found_inf: torch.Tensor):
         """found_inf: 0-d float tensor on the param device; 1.0 means skip this update entirely."""
         if self.fused:
-            self.opt.grad_scale, self._unclip = getattr(self, "_unclip", None), None
+            self.opt.grad_scale, self._unclip = self._unclip, None
             self.opt.found_inf = found_inf.to(torch.float32)
             try:
                 self.opt.step()
