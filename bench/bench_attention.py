@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
 
 from prism_fast.ops import varlen_attention  # noqa: E402
 from prism_fast.ops._dispatch import has_module  # noqa: E402
@@ -110,16 +110,11 @@ def bench_varlen(args, device, dtype, rows, table):
                 f().backward(do)
 
             for mode, fn, fl in (("fwd", fwd, flops), ("fwd+bwd", fwd_bwd, 3.5 * flops)):
-                p50, p20, p80 = time_fn(fn, device=device, warmup=args.warmup, reps=args.reps)
-                mem = peak_memory_mb(fn, device=device)
+                p50, mem, r = measure("attention", prov, mode, fn, tokens, config=cfg, device=device,
+                                      warmup=args.warmup, reps=args.reps)
                 tf = fl / (p50 * 1e-3) / 1e12
-                rows.append(row("attention", prov, mode, "time", "ms", tokens, p50, p20, p80, config=cfg,
-                                device=device))
-                rows.append(row("attention", prov, mode, "throughput", "TFLOP/s", tokens, tf, config=cfg,
-                                device=device))
-                if mem is not None:
-                    rows.append(row("attention", prov, mode, "peak_mem", "MiB", tokens, mem, config=cfg,
-                                    device=device))
+                rows += r + [row("attention", prov, mode, "throughput", "TFLOP/s", tokens, tf, config=cfg,
+                                 device=device)]
                 table.append((f"pack{seed} ({len(lens)} docs, max {max(lens)})", prov, mode, p50, tf, mem, err))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, row  # noqa: E402
 
 from prism_fast.ops import causal_conv1d  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -61,16 +61,11 @@ def bench_shape(name, C, T, device, dtype, reps, packs):
                 y.backward(torch.ones_like(y))
 
             for mode, fn, n_el in (("fwd", fwd, 2), ("fwd+bwd", full, 5)):
-                p50, p20, p80 = time_fn(fn, device=device, warmup=1 if device.type == "cpu" else 5, reps=reps)
-                mem = peak_memory_mb(fn, device=device)
+                p50, mem, r = measure("causal_conv1d", prov, mode, fn, T, config=cfg, device=device,
+                                      warmup=1 if device.type == "cpu" else 5, reps=reps)
                 gbs = n_el * C * T * elt / (p50 * 1e-3) / 1e9
-                rows.append(row("causal_conv1d", prov, mode, "time", "ms", T, p50, p20, p80, config=cfg,
-                                device=device))
-                rows.append(row("causal_conv1d", prov, mode, "bandwidth", "GB/s", T, gbs, config=cfg,
-                                device=device))
-                if mem is not None:
-                    rows.append(row("causal_conv1d", prov, mode, "peak_mem", "MiB", T, mem, config=cfg,
-                                    device=device))
+                rows += r + [row("causal_conv1d", prov, mode, "bandwidth", "GB/s", T, gbs, config=cfg,
+                                 device=device)]
                 table.append((name, packed, prov, mode, p50, gbs))
                 print(f"  measured {name} packed={packed} {prov} {mode}: {p50:.3f} ms", flush=True)
     return rows, table

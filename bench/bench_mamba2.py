@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
 
 from prism_fast import ops  # noqa: E402
 from prism_fast.models.mamba2 import Mamba2Mixer  # noqa: E402
@@ -64,17 +64,15 @@ def bench_layer(name, shape, tokens, device, dtype, reps):
                 mixer.zero_grad(set_to_none=True)
 
             for mode, fn in (("forward", fwd), ("full", full)):
+                prov = f"ssd_{backend}" + ("_packed" if packed else "")
                 try:
                     with ops.override_backend("ssd_chunk_scan", backend):
-                        p50, p20, p80 = time_fn(fn, device=device, warmup=2, reps=reps)
-                        mem = peak_memory_mb(fn, device=device)
+                        p50, mem, r = measure("mamba2", prov, mode, fn, tokens, config=cfg, device=device,
+                                              warmup=2, reps=reps)
                 except Exception as e:                          # a backend that fails is reported, not fatal
                     print(f"  {name} {backend} {mode}: FAILED {type(e).__name__}: {e}")
                     continue
-                prov = f"ssd_{backend}" + ("_packed" if packed else "")
-                rows.append(row("mamba2", prov, mode, "time", "ms", tokens, p50, p20, p80, config=cfg, device=device))
-                if mem is not None:
-                    rows.append(row("mamba2", prov, mode, "peak_mem", "MiB", tokens, mem, config=cfg, device=device))
+                rows += r
                 table.append((name, prov, mode, p50, tokens / p50 * 1e3))
     return rows, table
 

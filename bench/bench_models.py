@@ -16,7 +16,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
 
 from prism_fast.models import build_model, generate, tiny_config  # noqa: E402
 
@@ -59,12 +59,10 @@ def main(argv=None):
     for (prov, mode), fn in runs.items():
         ctx = torch.no_grad() if mode == "forward" else torch.enable_grad()
         with ctx:
-            p50, p20, p80 = time_fn(fn, device=dev, warmup=1 if dev.type == "cpu" else 3, reps=reps)
-            mem = peak_memory_mb(fn, device=dev)
+            p50, _, r = measure("models", prov, mode, fn, T, config=conf, device=dev,
+                                warmup=1 if dev.type == "cpu" else 3, reps=reps, mem_metric="peak_memory")
         res[(prov, mode)] = p50
-        rows.append(row("models", prov, mode, "time", "ms", T, p50, p20, p80, config=conf, device=dev))
-        if mem is not None:
-            rows.append(row("models", prov, mode, "peak_memory", "MiB", T, mem, config=conf, device=dev))
+        rows += r
         ours.zero_grad(set_to_none=True)
         hf.zero_grad(set_to_none=True)
     # greedy decode throughput, batch of 4 prompts of 64 tokens (ours: our cache; transformers: generate())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, peak_memory_mb, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure  # noqa: E402
 
 from prism_fast.ops import ssd_chunk_scan, ssd_scan_naive  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -82,18 +82,14 @@ def bench_shape(name, shape, T, device, dtype, reps, packs):
                         fn()
                 try:
                     slow = prov == "naive"       # T Python steps: one timed call is enough
-                    p50, p20, p80 = time_fn(run, device=device, warmup=0 if slow else 1 if device.type == "cpu"
-                                            else 3, reps=1 if slow else reps)
+                    p50, mem, r = measure("ssd_chunk_scan", prov, mode, run, T, config=cfg, device=device,
+                                          warmup=0 if slow else 1 if device.type == "cpu" else 3,
+                                          reps=1 if slow else reps)
                 except torch.OutOfMemoryError:
                     table.append((name, packed, prov, mode, float("nan"), None, None))
                     continue
-                mem = peak_memory_mb(run, device=device)
                 tflops = _flops(shape, T) / (p50 * 1e-3) / 1e12 if mode == "fwd" else None
-                rows.append(row("ssd_chunk_scan", prov, mode, "time", "ms", T, p50, p20, p80, config=cfg,
-                                device=device))
-                if mem is not None:
-                    rows.append(row("ssd_chunk_scan", prov, mode, "peak_mem", "MiB", T, mem, config=cfg,
-                                    device=device))
+                rows += r
                 table.append((name, packed, prov, mode, p50, mem, tflops))
     return rows, table
 

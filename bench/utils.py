@@ -80,6 +80,20 @@ def peak_memory_mb(fn, *, device) -> float | None:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def measure(op, provider, mode, fn, x, *, config: dict, device, warmup: int, reps: int,
+            mem_metric: str = "peak_mem") -> tuple[float, float | None, list[dict]]:
+    """Time fn() (time_fn) and measure its CUDA peak (peak_memory_mb, None on CPU).
+
+    Returns (p50 ms, peak MiB or None, rows): the "time" row and, where memory was measured, the `mem_metric`
+    row. Throughput rows differ per op (TFLOP/s, GB/s) and stay with the caller."""
+    p50, p20, p80 = time_fn(fn, device=device, warmup=warmup, reps=reps)
+    mem = peak_memory_mb(fn, device=device)
+    rows = [row(op, provider, mode, "time", "ms", x, p50, p20, p80, config=config, device=device)]
+    if mem is not None:
+        rows.append(row(op, provider, mode, mem_metric, "MiB", x, mem, config=config, device=device))
+    return p50, mem, rows
+
+
 def row(op, provider, mode, metric, unit, x, p50, p20=None, p80=None, *, config: dict, device) -> dict:
     """One CSV row (p20/p80 default to p50 for single-shot metrics such as memory)."""
     return {"op": op, "provider": provider, "mode": mode, "metric": metric, "unit": unit, "x": x,
