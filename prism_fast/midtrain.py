@@ -53,4 +53,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from prism_fast.entry import run_entry
+    sys.exit(run_entry(main))
