@@ -22,3 +22,18 @@ def get_recipe(name: str):
     if name not in _MODULES:
         raise ValueError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
     return getattr(importlib.import_module(f"prism_fast.recipes.{_MODULES[name]}"), name)
+
+
+# RL recipes (`python -m prism_fast.rl --recipe NAME`): their own namespace, so `demo` / `tiny` mean the RL ones there.
+_RL_MODULES = {"demo": ("rl_demo", "rl_demo"), "tiny": ("rl_tiny", "rl_tiny"),
+               **{name: ("rl_paper", name) for name in PAPER_RECIPES}}
+RL_RECIPES = tuple(_RL_MODULES)
+
+
+def get_rl_recipe(name: str):
+    """The RL recipe function `name` (ValueError listing the valid names)."""
+    if name not in _RL_MODULES:
+        raise ValueError(f"unknown RL recipe {name!r}; available: {', '.join(RL_RECIPES)}")
+    module, fn = _RL_MODULES[name]
+    mod = importlib.import_module(f"prism_fast.recipes.{module}")
+    return mod.recipe_for(fn) if module == "rl_paper" else getattr(mod, fn)

@@ -66,7 +66,8 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class MetricsLogger:
-    def __init__(self, cfg: Config, run_dir: Path, *, rank: int, total_steps: int, start_step: int):
+    def __init__(self, cfg: Config, run_dir: Path, *, rank: int, total_steps: int, start_step: int,
+                 desc: str = "midtrain"):
         self.cfg, self.rank = cfg, rank
         self.path = Path(run_dir) / "metrics.jsonl"
         self._f = open(self.path, "a") if rank == 0 else None
@@ -80,7 +81,7 @@ class MetricsLogger:
         self._bar = None
         if cfg.progress_bar and rank == 0:
             from tqdm.auto import tqdm  # noqa: PLC0415
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="midtrain", unit="step",
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step",
                              dynamic_ncols=True, smoothing=0.1)
         self.t_start = time.perf_counter()
 
@@ -96,8 +97,9 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
                     self._tb.add_scalar(k, v, step)
         if self._bar is not None and "loss" in record:
-            self._bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record.get('tokens_per_s', 0):.0f}",
-                                  refresh=False)
+            extra = {"reward": f"{record['reward']:.3f}"} if "reward" in record else {}   # RL records
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", **extra,
+                                  tok_s=f"{record.get('tokens_per_s', 0):.0f}", refresh=False)
         elif self._bar is None and "loss" in record:
             log.info("step %d loss %.4f lr %.3g tok/s %.0f", record["step"], record["loss"], record["lr"],
                      record.get("tokens_per_s", 0.0))
