@@ -2,8 +2,13 @@
 
 Forward per (b, chunk, head-block): dt <- clamp(softplus?(dt + dt_bias), lo, hi), zero past T (so a padded
 tail leaves the state unchanged), dA_cumsum = cumsum_l(dt * A).
-Backward: the per-position gradient of dA_cumsum becomes the gradient of dA by a reverse cumsum, then flows to
-dt (through clamp / softplus, matching torch's softplus threshold of 20), A and dt_bias.
+Backward: the gradient of each position's dA = dt * A, assembled from terms that never cancel (no
+`total - prefix` over y; see ssd_ddA.py):
+    d dA_k = sum_{i >= k} inter_i        (carried-in state reaching y_i, reverse cumsum)
+           + sum_{j < k} sv_j            (chunk-state pairs crossing k)
+           + ddA_last                    (state passing's exp(Acum_last))
+           + cross_k                     (intra-chunk pairs crossing k)
+then flows to dt (through clamp / softplus, matching torch's softplus threshold of 20), A and dt_bias.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ def _ssd_chunk_cumsum_fwd_kernel(
 
 @triton.jit
 def _ssd_chunk_cumsum_bwd_kernel(
-    DT_ptr, A_ptr, DT_BIAS_ptr, DT_OUT_ptr, DDACS_ptr, SV_ptr, DDA_LAST_ptr, DDT_DIRECT_ptr,
+    DT_ptr, A_ptr, DT_BIAS_ptr, DT_OUT_ptr, INTER_ptr, CROSS_ptr, SV_ptr, DDA_LAST_ptr, DDT_DIRECT_ptr,
     DDT_ptr, DA_PART_ptr, DDT_BIAS_PART_ptr,
     T, H, nc, dt_min, dt_max,
     DT_stride_b, DT_stride_t, DT_stride_h, DDT_stride_b, DDT_stride_t, DDT_stride_h,
@@ -60,12 +65,12 @@ def _ssd_chunk_cumsum_bwd_kernel(
     hmask = offs_h < H
     mask = (t < T)[:, None] & hmask[None, :]
     off = ((pid_b * H + offs_h[None, :]) * nc + pid_c) * L + offs_l[:, None]
-    g = tl.load(DDACS_ptr + off, mask=hmask[None, :], other=0.0)
+    inter = tl.load(INTER_ptr + off, mask=hmask[None, :], other=0.0)
     sv = tl.load(SV_ptr + off, mask=hmask[None, :], other=0.0)
-    # d/dA_cumsum[L-1] collects the chunk-end terms: the chunk state's exp(Acum_last - Acum_j) (sum of sv) and
-    # the state passing's exp(Acum_last) (dda_last). It reaches every position through the reverse cumsum.
-    last = tl.sum(sv, axis=0) + tl.load(DDA_LAST_ptr + (pid_b * H + offs_h) * nc + pid_c, mask=hmask, other=0.0)
-    d_dA = tl.sum(g, axis=0)[None, :] - tl.cumsum(g, axis=0) + g + last[None, :]
+    last = tl.load(DDA_LAST_ptr + (pid_b * H + offs_h) * nc + pid_c, mask=hmask, other=0.0)
+    # cumsum(sv) - sv is the exclusive prefix sum_{j < k} sv_j (fp32 terms computed from fp32 inputs)
+    d_dA = (tl.cumsum(inter, axis=0, reverse=True) + (tl.cumsum(sv, axis=0) - sv) + last[None, :]
+            + tl.load(CROSS_ptr + off, mask=hmask[None, :], other=0.0))
     dt = tl.load(DT_OUT_ptr + off, mask=hmask[None, :], other=0.0)
     A = tl.load(A_ptr + offs_h, mask=hmask, other=0.0).to(tl.float32)
     ddt = tl.load(DDT_DIRECT_ptr + off, mask=hmask[None, :], other=0.0) + d_dA * A[None, :]
@@ -116,7 +121,7 @@ def ssd_chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_limit):
     return dt_out, dA_cs
 
 
-def ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, ddA_cs, sv, dda_last, ddt_direct, dt_softplus, dt_limit):
+def ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, inter, cross, sv, dda_last, ddt_direct, dt_softplus, dt_limit):
     """Returns (ddt [B, T, H] in dt.dtype, dA [H] fp32, ddt_bias [H] fp32 or None)."""
     Bsz, T, H = dt.shape
     nc, L = dt_out.shape[2], dt_out.shape[3]
@@ -126,7 +131,7 @@ def ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, ddA_cs, sv, dda_last, ddt_direc
     has_limit, lo, hi = _limits(dt_limit)
     BH = _block_h(H, L)
     _ssd_chunk_cumsum_bwd_kernel[(Bsz, nc, triton.cdiv(H, BH))](
-        dt, A, dt_bias if dt_bias is not None else A, dt_out, ddA_cs, sv, dda_last, ddt_direct,
+        dt, A, dt_bias if dt_bias is not None else A, dt_out, inter, cross, sv, dda_last, ddt_direct,
         ddt, dA_part, dbias_part, T, H, nc, lo, hi,
         dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         L=L, BLOCK_H=BH, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,

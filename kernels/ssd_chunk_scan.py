@@ -7,11 +7,8 @@ Forward, per (b, chunk, head) and a tile of rows i x head-dim p:
 Backward kernels here:
     _ssd_gate_bwd_kernel         dY = dout * silu(z), dz (only when z is given)
     _ssd_chunk_scan_bwd_dstates  dstates_c = sum_i exp(Acum_i) [seg_i == seg_prev] dY_i (outer) C_i
-    _ssd_chunk_scan_bwd_dx       dx, the direct part of ddt, the per-position d Acum, dD (see below)
     _ssd_chunk_scan_bwd_dc       dC = sum_h exp(Acum_i) [..] dY_i @ S_in_h + sum_{j <= i} dCB_ij B_j
-d Acum without a second [L, L] pass: Acum_i enters y_i with sign + (both terms) and the chunk-state / intra terms
-of token j with sign -, so d Acum_j = dY_j . (y_j - D x_j) - dt_j * (x_j . (U_j + V_j)), where U, V are the
-intra- and state-side gradients w.r.t. dt_j x_j; the chunk-end terms are added in ssd_chunk_cumsum backward.
+(dx, the direct part of ddt and dD: ssd_combined.py; the gradient of dA: ssd_ddA.py, which never reads y.)
 """
 from __future__ import annotations
 

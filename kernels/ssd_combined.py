@@ -4,8 +4,9 @@ pipelines that run all stages in order for the forward and the backward pass.
 dx kernel, per (b, chunk, head) and a tile of rows j (all of P in one tile; P <= 256):
     U_j = sum_{i >= j, same doc} CB_ij exp(Acum_i - Acum_j) dY_i          (intra-chunk)
     V_j = exp(Acum_last - Acum_j) [seg_j == seg_last] (dS_out @ B_j)      (through the chunk's final state)
-    dx_j = dt_j (U_j + V_j) + D dY_j;   ddt_direct_j = x_j . (U_j + V_j)
-    d Acum_j = dY_j . (y_pre_j - D x_j) - dt_j ddt_direct_j;  sv_j = dt_j x_j . V_j (chunk-end term)
+    dx_j = dt_j (U_j + V_j) + D dY_j;   ddt_direct_j = x_j . (U_j + V_j);   sv_j = dt_j x_j . V_j
+sv_j is the chunk-state pair (last, j): it reaches dA_k for every k > j (ssd_chunk_cumsum backward). The other
+dA terms come from ssd_ddA.py, which sums the crossing pairs directly instead of differencing cumulative sums.
 Memory: the backward recomputes dt, dA_cumsum, CB and the carried-in states instead of saving them (S_in alone
 is B * nc * H * P * N fp32: 268 MB for one Nemotron-H layer at 8k tokens), like mamba_chunk_scan_combined.
 """
@@ -20,18 +21,18 @@ from .ssd_bmm import ssd_bmm_bwd_dcb, ssd_bmm_fwd
 from .ssd_chunk_cumsum import ssd_chunk_cumsum_bwd, ssd_chunk_cumsum_fwd
 from .ssd_chunk_scan import (ssd_chunk_scan_bwd_dc, ssd_chunk_scan_bwd_dstates, ssd_chunk_scan_fwd,
                              ssd_gate_bwd)
+from .ssd_ddA import ssd_bwd_ddA
 from .ssd_chunk_state import ssd_chunk_state_bwd_db, ssd_chunk_state_fwd
 from .ssd_state_passing import ssd_state_passing_bwd, ssd_state_passing_fwd
 
 
 @triton.jit
 def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
-    X_ptr, DY_ptr, YPRE_ptr, D_ptr, B_ptr, CB_ptr, DA_CS_ptr, DT_OUT_ptr, SEG_ptr, DS_OUT_ptr,
-    DX_ptr, DDT_DIRECT_ptr, DDACS_ptr, SV_ptr, DD_PART_ptr,
+    X_ptr, DY_ptr, D_ptr, B_ptr, CB_ptr, DA_CS_ptr, DT_OUT_ptr, SEG_ptr, DS_OUT_ptr,
+    DX_ptr, DDT_DIRECT_ptr, SV_ptr, DD_PART_ptr,
     T, H, G, P, N, nc, n_mblk,
     X_stride_b, X_stride_t, X_stride_h, X_stride_p,
     DY_stride_b, DY_stride_t, DY_stride_h, DY_stride_p,
-    Y_stride_b, Y_stride_t, Y_stride_h, Y_stride_p,
     B_stride_b, B_stride_t, B_stride_g, B_stride_n,
     DX_stride_b, DX_stride_t, DX_stride_h, DX_stride_p,
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -91,8 +92,6 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
                 + offs_p[None, :] * X_stride_p, mask=rmask, other=0.0).to(tl.float32)
     dy = tl.load(dy_base + tj[:, None] * DY_stride_t + offs_p[None, :] * DY_stride_p,
                  mask=rmask, other=0.0).to(tl.float32)
-    y = tl.load(YPRE_ptr + pid_b * Y_stride_b + tj[:, None] * Y_stride_t + pid_h * Y_stride_h
-                + offs_p[None, :] * Y_stride_p, mask=rmask, other=0.0).to(tl.float32)
     dx = dt_j[:, None] * uv
     if HAS_D:
         if D_HAS_HDIM:
@@ -103,18 +102,16 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
             d = tl.load(D_ptr + pid_h).to(tl.float32)
             tl.store(DD_PART_ptr + (pid_bc * n_mblk + pid_m) * H + pid_h, tl.sum(tl.sum(dy * x, axis=1), axis=0))
         dx += d * dy
-        y -= d * x
     tl.store(DX_ptr + pid_b * DX_stride_b + tj[:, None] * DX_stride_t + pid_h * DX_stride_h
              + offs_p[None, :] * DX_stride_p, dx, mask=rmask)
     ddt_direct = tl.sum(x * uv, axis=1)
     jm = offs_j < L
     tl.store(DDT_DIRECT_ptr + cs_base + offs_j, ddt_direct, mask=jm)
     tl.store(SV_ptr + cs_base + offs_j, dt_j * tl.sum(x * acc_v, axis=1), mask=jm)
-    tl.store(DDACS_ptr + cs_base + offs_j, tl.sum(dy * y, axis=1) - dt_j * ddt_direct, mask=jm)
 
 
-def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out, seg, ds_out):
-    """Returns (dx [B,T,H,P] x.dtype, ddt_direct, ddA_cs, sv (each [B,H,nc,L] fp32), dD (fp32, D's shape) or None)."""
+def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, D, B, CB, dA_cs, dt_out, seg, ds_out):
+    """Returns (dx [B,T,H,P] x.dtype, ddt_direct, sv (each [B,H,nc,L] fp32), dD (fp32, D's shape) or None)."""
     Bsz, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     nc, L = dt_out.shape[2], dt_out.shape[3]
@@ -123,13 +120,13 @@ def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out, seg
     bm = block(L, 64 if P <= 64 else 32)
     n_mblk = triton.cdiv(L, bm)
     dx = torch.empty(Bsz, T, H, P, device=x.device, dtype=x.dtype)
-    ddt_direct, ddacs, sv = (torch.empty_like(dt_out) for _ in range(3))
+    ddt_direct, sv = torch.empty_like(dt_out), torch.empty_like(dt_out)
     has_hdim = D is not None and D.dim() == 2
     dd_part = torch.empty(Bsz * nc, n_mblk, H, P if has_hdim else 1, device=x.device, dtype=torch.float32)
     _ssd_chunk_scan_chunk_state_bwd_dx_kernel[(n_mblk, Bsz * nc, H)](
-        x, dy, y_pre, D if D is not None else dt_out, B, CB, dA_cs, dt_out, seg if seg is not None else dt_out,
-        ds_out, dx, ddt_direct, ddacs, sv, dd_part, T, H, G, P, N, nc, n_mblk,
-        *x.stride(), *dy.stride(), *y_pre.stride(), *B.stride(), *dx.stride(),
+        x, dy, D if D is not None else dt_out, B, CB, dA_cs, dt_out, seg if seg is not None else dt_out,
+        ds_out, dx, ddt_direct, sv, dd_part, T, H, G, P, N, nc, n_mblk,
+        *x.stride(), *dy.stride(), *B.stride(), *dx.stride(),
         L=L, BLOCK_M=bm, BLOCK_P=max(16, triton.next_power_of_2(P)), BLOCK_K=bm, BLOCK_N=block(N, 32 if P > 64 else 64),
         HAS_SEQ=seg is not None, HAS_D=D is not None, D_HAS_HDIM=has_hdim, DOT_MODE=dot_mode(x.dtype),
         num_warps=4)
@@ -137,7 +134,7 @@ def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out, seg
     if D is not None:
         dD = dd_part.sum((0, 1))
         dD = dD if has_hdim else dD[:, 0]
-    return dx, ddt_direct, ddacs, sv, dD
+    return dx, ddt_direct, sv, dD
 
 
 def ssd_combined_fwd(x, dt, A, B, C, chunk_size, *, D, z, dt_bias, dt_softplus, dt_limit, seg, initial_states):
@@ -152,7 +149,8 @@ def ssd_combined_fwd(x, dt, A, B, C, chunk_size, *, D, z, dt_bias, dt_softplus, 
 
 def ssd_combined_bwd(dout, dfinal, x, dt, A, B, C, chunk_size, *, D, z, dt_bias, dt_softplus, dt_limit, seg,
                      initial_states, y_pre):
-    """All backward stages (recomputing the forward intermediates). y_pre: the pre-gate output (= out without z).
+    """All backward stages (recomputing the forward intermediates). y_pre: the pre-gate output (= out without z),
+    read only by the gate backward (never for dA: see ssd_ddA.py).
 
     Returns (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states); entries for absent inputs are None.
     """
@@ -166,11 +164,11 @@ def ssd_combined_bwd(dout, dfinal, x, dt, A, B, C, chunk_size, *, D, z, dt_bias,
         dy, dz = dout, None
     dstates = ssd_chunk_scan_bwd_dstates(dy, C, dA_cs, seg)
     ds_out, dinit, dda_last = ssd_state_passing_bwd(dstates, S_in, dA_cs, seg, dfinal)
-    dx, ddt_direct, ddacs, sv, dD = ssd_chunk_scan_chunk_state_bwd_dx(x, dy, y_pre, D, B, CB, dA_cs, dt_out,
-                                                                       seg, ds_out)
+    dx, ddt_direct, sv, dD = ssd_chunk_scan_chunk_state_bwd_dx(x, dy, D, B, CB, dA_cs, dt_out, seg, ds_out)
+    inter, cross = ssd_bwd_ddA(x, dy, C, CB, S_in, dt_out, dA_cs, seg)
     dCB = ssd_bmm_bwd_dcb(x, dy, dt_out, dA_cs, seg, B.shape[2])
     dC = ssd_chunk_scan_bwd_dc(dy, S_in, dA_cs, seg, dCB, B, C.dtype)
     dB = ssd_chunk_state_bwd_db(x, C, dt_out, dA_cs, seg, ds_out, dCB, B.dtype)
-    ddt, dA, ddt_bias = ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, ddacs, sv, dda_last, ddt_direct,
+    ddt, dA, ddt_bias = ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, inter, cross, sv, dda_last, ddt_direct,
                                              dt_softplus, dt_limit)
     return (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit if initial_states is not None else None)

@@ -23,10 +23,10 @@ from prism_fast.ops._dispatch import resolve, triton_usable
 _VALID = ("torch", "triton", "mamba_ssm")
 
 
-def _prep_dt(dt, dt_bias, dt_softplus, dt_limit):
-    dt = dt.float()
+def _prep_dt(dt, dt_bias, dt_softplus, dt_limit, dtype=torch.float32):
+    dt = dt.to(dtype)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(dtype)
     if dt_softplus:
         dt = F.softplus(dt)
     lo, hi = dt_limit
@@ -84,12 +84,29 @@ def _segments(seq_idx, T_pad):
     return seg.contiguous()
 
 
+def _segsum(dA):
+    """dA [..., L] -> [..., L, L] with entry (i, j) = sum_{j < k <= i} dA_k (-inf above the diagonal).
+
+    Why not Acum_i - Acum_j: that difference of two large cumulative sums loses the small decay between nearby
+    positions, and autograd through it gives each dA_k the cancelling sum of + and - terms of every pair. A
+    masked cumsum of the repeated row (mamba's ssd_minimal `segsum`) sums only the dA_k inside (j, i], so the
+    forward and the gradient only see the pairs that actually cross k.
+    """
+    L = dA.shape[-1]
+    strict = torch.ones(L, L, dtype=torch.bool, device=dA.device).tril(-1)
+    rep = dA[..., :, None].expand(*dA.shape, L).masked_fill(~strict, 0.0)     # [..., k, j] = dA_k [j < k]
+    seg = rep.cumsum(dim=-2)                                                   # [..., i, j]
+    return seg.masked_fill(~strict.logical_or(torch.eye(L, dtype=torch.bool, device=dA.device)), float("-inf"))
+
+
 def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bias=None, dt_softplus=False,
                        dt_limit=(0.0, float("inf")), seq_idx=None, initial_states=None,
-                       return_final_states=False):
+                       return_final_states=False, compute_dtype=torch.float32):
     """Chunked SSD in pure PyTorch (mamba's ssd_minimal algorithm + seq_idx, D, z, dt processing, states).
 
-    fp32 throughout; differentiable by autograd (the gradient reference for the Triton backend). Per chunk of
+    Computed in `compute_dtype` (fp32, result in x.dtype; float64 returns float64, for the precision tests);
+    differentiable by autograd (the gradient reference for the Triton backend), with stable dA / dt gradients
+    (see _segsum). Per chunk of
     L = chunk_size steps (T is zero-padded to a multiple of L with dt = 0, which leaves the state unchanged):
       Acum = cumsum(dt * A) within the chunk                                         [B, H, nc, L]
       intra:  y_i += sum_{j<=i, seg_j == seg_i} (C_i . B_j) exp(Acum_i - Acum_j) dt_j x_j
@@ -104,36 +121,38 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bia
     R, L = H // G, chunk_size
     nc = max(1, -(-T // L))
     pad = nc * L - T
-    dtp = _prep_dt(dt, dt_bias, dt_softplus, dt_limit)                          # [B, T, H]
-    xf, Bf, Cf = x.float(), B.float(), C.float()
+    cd = compute_dtype
+    dtp = _prep_dt(dt, dt_bias, dt_softplus, dt_limit, cd)                      # [B, T, H]
+    xf, Bf, Cf = x.to(cd), B.to(cd), C.to(cd)
     if pad:
         xf, Bf, Cf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, Bf, Cf))
         dtp = F.pad(dtp, (0, 0, 0, pad))
     xc = xf.reshape(Bsz, nc, L, G, R, P)
     Bc, Cc = Bf.reshape(Bsz, nc, L, G, N), Cf.reshape(Bsz, nc, L, G, N)
     dtc = dtp.reshape(Bsz, nc, L, G, R).permute(0, 3, 4, 1, 2)                  # [B, G, R, nc, L]
-    Acum = torch.cumsum(dtc * A.float().reshape(G, R)[None, :, :, None, None], dim=-1)
+    dA = dtc * A.to(cd).reshape(G, R)[None, :, :, None, None]                  # [B, G, R, nc, L]
+    Acum = torch.cumsum(dA, dim=-1)
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     if seq_idx is not None:
         seg = _segments(seq_idx, nc * L).reshape(Bsz, nc, L)
         prev = torch.zeros(Bsz, nc, dtype=seg.dtype, device=x.device)
         prev[:, 1:] = seg[:, :-1, -1]
         mask = causal & (seg[:, :, :, None] == seg[:, :, None, :])             # [B, nc, L, L]
-        emask = (seg == seg[:, :, -1:]).float()[:, None, None]                  # [B, 1, 1, nc, L]
-        smask = (seg == prev[:, :, None]).float()[:, None, None]
-        gmask = (seg[:, :, -1] == prev).float()[:, None, None]                  # [B, 1, 1, nc]
+        emask = (seg == seg[:, :, -1:]).to(cd)[:, None, None]                  # [B, 1, 1, nc, L]
+        smask = (seg == prev[:, :, None]).to(cd)[:, None, None]
+        gmask = (seg[:, :, -1] == prev).to(cd)[:, None, None]                  # [B, 1, 1, nc]
         mask = mask[:, None, None]
     else:
         mask, emask, smask, gmask = causal, 1.0, 1.0, 1.0
-    seg_diff = (Acum[..., :, None] - Acum[..., None, :]).masked_fill(~mask, float("-inf"))
-    decay = torch.exp(seg_diff)                                                  # [B, G, R, nc, L, L]
+    seg_sum = _segsum(dA).masked_fill(~mask, float("-inf"))                     # [B, G, R, nc, L, L]
+    decay = torch.exp(seg_sum)
     CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)                             # [B, G, nc, L, L]
     # Explicit pairwise products: a 4-operand einsum may contract in an order that builds huge intermediates.
     M = CB[:, :, None] * decay * dtc[..., None, :]                              # [B, G, R, nc, L, L]
     y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, xc)
-    decay_states = torch.exp(Acum[..., -1:] - Acum) * emask * dtc               # [B, G, R, nc, L]
+    decay_states = torch.exp(seg_sum[..., -1, :]) * emask * dtc   # row L-1: decay to the chunk end
     states = torch.einsum("bclgn,bgrcl,bclgrp->bcgrpn", Bc, decay_states, xc)   # [B, nc, G, R, P, N]
-    S = (initial_states.float().reshape(Bsz, G, R, P, N) if initial_states is not None
+    S = (initial_states.to(cd).reshape(Bsz, G, R, P, N) if initial_states is not None
          else xf.new_zeros(Bsz, G, R, P, N))
     chunk_decay = torch.exp(Acum[..., -1]) * gmask                              # [B, G, R, nc]
     s_in = []
@@ -144,11 +163,11 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bia
     y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, S_in, torch.exp(Acum) * smask)
     y = y.reshape(Bsz, nc * L, H, P)[:, :T]
     if D is not None:
-        Df = D.float()
+        Df = D.to(cd)
         y = y + xf[:, :T] * (Df[:, None] if Df.dim() == 1 else Df)
     if z is not None:
-        y = y * F.silu(z.float())
-    y = y.to(x.dtype)
+        y = y * F.silu(z.to(cd))
+    y = y.to(x.dtype if cd == torch.float32 else cd)
     if return_final_states:
         return y, S.reshape(Bsz, H, P, N)
     return y
@@ -156,7 +175,7 @@ def ssd_chunk_scan_ref(x, dt, A, B, C, chunk_size=256, *, D=None, z=None, dt_bia
 
 # Triton backend as torch custom ops (forward and backward): torch.compile sees opaque nodes with shape-only fake
 # implementations and an autograd formula instead of tracing the launch pipeline. The forward saves only the
-# inputs and the (pre-gate) output; the backward recomputes dt, dA_cumsum, CB and the chunk states
+# inputs and, with z, the pre-gate output; the backward recomputes dt, dA_cumsum, CB and the chunk states
 # (kernels/ssd_combined.py). Absent optional results travel as empty tensors (custom ops cannot return None).
 
 @torch.library.custom_op("prism::ssd_chunk_scan_fwd", mutates_args=())
@@ -204,7 +223,8 @@ def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre, c
 def _ssd_setup_context(ctx, inputs, output):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_min, dt_max = inputs
     out, y_pre, _ = output
-    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre if z is not None else out)
+    # y_pre (empty without z) is read only by the gate backward, never for dA (kernels/ssd_ddA.py)
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, y_pre)
     ctx.cfg = (chunk_size, dt_softplus, dt_min, dt_max)
 
 
