@@ -27,8 +27,26 @@ class LayerCache:
 
     def row(self, b: int) -> "LayerCache":
         """Views on batch row b (shape [1, ...]); in-place updates reach this cache."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[b:b + 1] for f in dataclasses.fields(self)
-                                            if isinstance(getattr(self, f.name), torch.Tensor)})
+        return self.rows(b, b + 1)
+
+    def rows(self, start: int, stop: int) -> "LayerCache":
+        """Views on batch rows [start, stop) (contiguous along the batch, so no copy); in-place updates reach this
+        cache. The rollout engine decodes on the prefix of slots that hold live sequences."""
+        return dataclasses.replace(self, **{f.name: t[start:stop] for f, t in self._tensors()})
+
+    def copy_rows(self, src: int, dst: torch.Tensor, length: int) -> None:
+        """Copy row src's state to rows dst [n] int64 (n samples sharing one prefill); `length` = tokens cached."""
+        for _, t in self._tensors():
+            t[dst] = t[src:src + 1].clone()             # clone: source and destination share the tensor
+
+    def zero_rows(self, idx: torch.Tensor) -> None:
+        """Zero the state of rows idx [n] (a fresh sequence: empty conv history, zero SSM state)."""
+        for _, t in self._tensors():
+            t[idx] = 0
+
+    def _tensors(self):
+        return [(f, getattr(self, f.name)) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)]
 
 
 @dataclass
@@ -42,7 +60,15 @@ class KVCache(LayerCache):
         shape = (batch_size, max_seq_len, num_kv_heads, head_dim)
         return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
-    def attend(self, q, k, v, offsets, *, softmax_scale, window_size=(-1, -1)):
+    def copy_rows(self, src: int, dst: torch.Tensor, length: int) -> None:
+        """Only the first `length` positions are valid, so only they are copied."""
+        self.k[dst, :length] = self.k[src:src + 1, :length].clone()
+        self.v[dst, :length] = self.v[src:src + 1, :length].clone()
+
+    def zero_rows(self, idx: torch.Tensor) -> None:
+        """Nothing to do: entries past a row's seqlens are never read as valid (they are overwritten first)."""
+
+    def attend(self, q, k, v, offsets, *, softmax_scale, window_size=(-1, -1), backend="auto"):
         """Append k, v and attend. q [B, T, H, Dh], k/v [B, T, Hkv, Dh], offsets [B] int64 (tokens already cached).
 
         T == 1 goes through prism_fast.ops.decode_attention (where fast kernels plug in). T > 1 (prefill, chunked
@@ -54,7 +80,7 @@ class KVCache(LayerCache):
         self.v[rows, pos] = v.to(self.v.dtype)
         if T == 1:
             o = decode_attention(q[:, 0], self.k, self.v, offsets + 1, softmax_scale=softmax_scale,
-                                 window_size=window_size)
+                                 window_size=window_size, backend=backend)
             return o[:, None]
         L = int(pos.max()) + 1                                                            # host sync
         Hkv = self.k.shape[2]
@@ -88,6 +114,26 @@ class ModelCache:
         """Batch-1 cache of views on sequence b (see module docstring)."""
         return ModelCache([None if c is None else c.row(b) for c in self.layers], self.seqlens[b:b + 1],
                           self.max_seq_len)
+
+    def rows(self, start: int, stop: int) -> "ModelCache":
+        """Cache of views on sequences [start, stop) (no copy; the engine's decode runs on the live prefix)."""
+        return ModelCache([None if c is None else c.rows(start, stop) for c in self.layers],
+                          self.seqlens[start:stop], self.max_seq_len)
+
+    def copy_row(self, src: int, dst: torch.Tensor) -> None:
+        """Make sequences dst [n] int64 copies of sequence src (state and length): n samples, one prefill."""
+        length = int(self.seqlens[src])                                                   # host sync
+        for c in self.layers:
+            if c is not None:
+                c.copy_rows(src, dst, length)
+        self.seqlens[dst] = length
+
+    def clear_rows(self, idx: torch.Tensor) -> None:
+        """Empty sequences idx [n] int64 (length 0, zero recurrent state) before a new prompt goes there."""
+        for c in self.layers:
+            if c is not None:
+                c.zero_rows(idx)
+        self.seqlens[idx] = 0
 
     def advance(self, n: int) -> None:
         """Record that n more tokens were appended to every sequence (in place, so row views follow)."""

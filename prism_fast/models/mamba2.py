@@ -124,7 +124,7 @@ class Mamba2Mixer(nn.Module):
         """x_BTD [B, T, D]; seq_idx [B, T] int32 document ids (packed rows) or None; cache appends T tokens."""
         Bsz, T, _ = x_BTD.shape
         H, P, G, N, I = self.num_heads, self.head_dim, self.n_groups, self.d_state, self.intermediate_size
-        if cache is not None and seq_idx is not None:
+        if cache is not None and seq_idx is not None and not hasattr(cache, "write_packed"):
             raise ValueError("Mamba2: a cache cannot be combined with packed documents (cu_seqlens); "
                              "decode one batch of sequences with one row each")
         zxbcdt = self.in_proj(x_BTD)
@@ -139,9 +139,14 @@ class Mamba2Mixer(nn.Module):
             y_BTI = y.reshape(Bsz, 1, I)
         else:
             xBC_BCT = xBC_BTC.transpose(1, 2)
-            if cache is None:
+            if cache is None or seq_idx is not None:
                 conv_BCT = ops.causal_conv1d(xBC_BCT, conv_w, self.conv1d.bias, seq_idx=seq_idx,
                                              activation=self.activation)
+                if cache is not None:
+                    # packed prefill of fresh prompts (prism_fast.inference.prefill): the stand-in cache takes
+                    # each document's conv history and final SSM state; the rest is the uncached packed forward
+                    cache.write_packed(self, xBC_BCT, conv_BCT, dt_BTH)
+                    cache = None
             else:
                 # Continue from the cached history: the causal conv over [history | new] equals the conv of
                 # the whole sequence for the new positions; the new history is the last W-1 inputs.
