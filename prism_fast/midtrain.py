@@ -2,6 +2,9 @@
 
 Without arguments it runs the `demo` recipe (SmolLM2-135M on the bundled mixture, ~5 min on 2 CPU cores); plain
 `python -m prism_fast.midtrain` works too (a 1-rank job). Parse -> build -> train -> close (also on error).
+Errors: config, data and checkpoint mistakes print one `error: ...` line on rank 0 and exit 2 (prism_fast.entry;
+`--debug` keeps the traceback); `python -m prism_fast.launch` instead of `torchrun` also drops torchrun's own
+failure summary. Faults and what survives them: docs/faults.md.
 """
 from __future__ import annotations
 
@@ -35,21 +38,28 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from prism_fast.distributed import destroy_distributed
     from prism_fast.train.trainer import Trainer
-    trainer = None
+    trainer, ok = None, False
     try:
         trainer = Trainer(cfg)
         status = trainer.train()
         trainer.metrics.close()  # progress bar first, then the summary
         if trainer.rank == 0:
             print(trainer.summary(), flush=True)
+        ok = True
         return 0 if status in ("done", "preempted") else 1
     finally:
+        # After a failure no barrier: a peer may be dead, or waiting in a different collective.
         if trainer is not None:
-            trainer.close()
+            trainer.close(barrier=ok)
         else:
-            destroy_distributed()
+            _close_process_group()
+
+
+def _close_process_group():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

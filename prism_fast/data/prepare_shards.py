@@ -192,6 +192,7 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     info = tokenizer_info(tok, eos_token)
     tok_json, _ = _serialized(tok)
     with_mask = fmt in ("chat", "qa")
+    made_from = _first_missing(Path(out_dir))  # a failed run removes the directories it made, no others
     writer = ShardWriter(out_dir, token_dtype(info["vocab_size"]), with_mask)
     skipped: dict | None = {} if skip_bad else None
     sources = []
@@ -241,6 +242,8 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
         meta = writer.close(meta)
     except BaseException:
         writer.abort()
+        if made_from is not None:
+            _remove_empty_dirs(Path(out_dir), made_from)
         raise
     finally:
         if pool is not None:
@@ -250,6 +253,27 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     if skipped:
         print(f"prepare: skipped bad records {skipped} ({sum(skipped.values())} total)", file=sys.stderr)
     return meta
+
+
+def _first_missing(d: Path) -> Path | None:
+    """The outermost directory of d's path that does not exist yet (None if d exists)."""
+    if d.exists():
+        return None
+    while not d.parent.exists():
+        d = d.parent
+    return d
+
+
+def _remove_empty_dirs(d: Path, top: Path) -> None:
+    """Remove d and its parents up to `top` (the ones prepare created) while they are empty."""
+    try:
+        while not any(d.iterdir()):
+            d.rmdir()
+            if d == top:
+                return
+            d = d.parent
+    except OSError:
+        pass
 
 
 def _progress(total: int, enabled: bool | None, name: str):

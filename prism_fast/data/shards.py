@@ -4,12 +4,16 @@
     DIR/tokens.idx   8-byte magic b"PRSMIDX1", then uint64 document offsets [num_docs + 1] (first 0, last num_tokens)
     DIR/tokens.mask  optional uint8 [num_tokens]: 1 where the token is a response token (chat / qa formats);
                      used by loss_mask_prompt. Absent for plain text (every token is a response token).
-    DIR/meta.json    written LAST: tokenizer fingerprint, dtype, counts, source files + sha256, skipped-bad counts
+    DIR/meta.json    written LAST: tokenizer fingerprint, dtype, counts, source files + sha256, skipped-bad counts,
+                     and `checksums`: {file: {"size", "crc32"}} of the three data files (computed while writing)
 
 Unusual: a shard is complete only when meta.json exists and its counts match the file sizes. The writer first
 removes an old meta.json, streams into `*.partial` files, renames them, then writes meta.json through a rename,
 so a crash at any point leaves a directory that `open_shard` rejects instead of a half-written shard that looks
-complete. `open_shard` also rejects truncated files and non-monotonic offsets, naming the file.
+complete. `open_shard` also rejects truncated files and non-monotonic offsets, naming the file (cheap: sizes and
+the index only); `verify_shard` additionally reads every byte against the CRC-32s in meta.json, so a tampered or
+bit-rotted token file is refused at the start of a run instead of surfacing mid-run as garbage tokens. Shards
+written before checksums existed get the cheap checks only.
 """
 from __future__ import annotations
 
@@ -17,10 +21,13 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from prism_fast.checkpoint.integrity import file_crc32
 
 IDX_MAGIC = b"PRSMIDX1"
 FORMAT_VERSION = 1
@@ -50,8 +57,8 @@ class ShardWriter:
         self._bin = open(self.dir / "tokens.bin.partial", "wb")
         self._idx = open(self.dir / "tokens.idx.partial", "wb")
         self._mask = open(self.dir / "tokens.mask.partial", "wb") if with_mask else None
-        self._idx.write(IDX_MAGIC)
-        self._idx.write(np.zeros(1, dtype="<u8").tobytes())
+        self._crc = dict.fromkeys(_FILES, 0)  # running CRC-32 of the bytes written to each file
+        self._write("tokens.idx", IDX_MAGIC + np.zeros(1, dtype="<u8").tobytes())
         self.num_tokens = 0
         self.num_docs = 0
         self.max_len = 0
@@ -61,14 +68,19 @@ class ShardWriter:
             return
         if ids.size and int(ids.max()) >= np.iinfo(self.dtype).max + 1:
             raise ValueError(f"token id {int(ids.max())} does not fit {self.dtype}")
-        ids.astype(self.dtype.newbyteorder("<"), copy=False).tofile(self._bin)
+        self._write("tokens.bin", ids.astype(self.dtype.newbyteorder("<"), copy=False))
         ends = self.num_tokens + np.cumsum(doc_lens, dtype=np.int64)
-        ends.astype("<u8").tofile(self._idx)
+        self._write("tokens.idx", ends.astype("<u8"))
         if self._mask is not None:
-            np.asarray(mask, dtype=np.uint8).tofile(self._mask)
+            self._write("tokens.mask", np.asarray(mask, dtype=np.uint8))
         self.num_tokens = int(ends[-1])
         self.num_docs += len(doc_lens)
         self.max_len = max(self.max_len, int(np.max(doc_lens)))
+
+    def _write(self, name: str, data) -> None:
+        buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+        self._crc[name] = zlib.crc32(buf, self._crc[name])
+        {"tokens.bin": self._bin, "tokens.idx": self._idx, "tokens.mask": self._mask}[name].write(buf)
 
     def close(self, meta: dict) -> dict:
         """Flush, fsync, rename the data files, then write meta.json atomically. Returns the full meta."""
@@ -81,8 +93,11 @@ class ShardWriter:
             part = self.dir / (name + ".partial")
             if part.exists():
                 os.replace(part, self.dir / name)
+        checksums = {name: {"size": (self.dir / name).stat().st_size, "crc32": f"{self._crc[name]:08x}"}
+                     for name in _FILES if (self.dir / name).exists()}
         meta = dict(meta, format_version=FORMAT_VERSION, dtype=self.dtype.name, num_docs=self.num_docs,
                     num_tokens=self.num_tokens, max_doc_len=self.max_len, has_mask=self.with_mask,
+                    checksums=checksums,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         tmp = self.dir / "meta.json.partial"
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
@@ -144,9 +159,10 @@ def open_shard(path: str | os.PathLike, expected_fingerprint: str | None = None)
         raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}; "
                          "re-run prepare")
     if expected_fingerprint is not None and fp != expected_fingerprint:
-        raise ValueError(f"{d}: shard was tokenized with another tokenizer ({meta['tokenizer'].get('name')}, "
-                         f"fingerprint {fp[:12]}) than the model's (fingerprint {expected_fingerprint[:12]}); "
-                         "re-run prepare with the model's tokenizer")
+        raise ValueError(f"{meta_path}: shard was tokenized with another tokenizer ({meta['tokenizer'].get('name')}, "
+                         f"fingerprint {fp[:12]}) than this run's (fingerprint {expected_fingerprint[:12]}); "
+                         "re-run prepare with the run's tokenizer, or set --data.tokenizer to the one the shard "
+                         "was made with")
     bin_path, idx_path, mask_path = d / "tokens.bin", d / "tokens.idx", d / "tokens.mask"
     _check_size(bin_path, n_tok * dtype.itemsize)
     _check_size(idx_path, len(IDX_MAGIC) + 8 * (n_docs + 1))
@@ -167,6 +183,19 @@ def open_shard(path: str | os.PathLike, expected_fingerprint: str | None = None)
     # __getitem__ / __array_finalize__ cost more than the copy of a short document slice.
     return Shard(d, meta, tokens.view(np.ndarray), offsets.view(np.ndarray),
                  None if mask is None else mask.view(np.ndarray))
+
+
+def verify_shard(path: str | os.PathLike, expected_fingerprint: str | None = None) -> Shard:
+    """open_shard's checks plus every data file's bytes against the CRC-32 recorded in meta.json (read once, in
+    8 MiB chunks). Raises ValueError naming the file whose contents changed since prepare wrote it."""
+    shard = open_shard(path, expected_fingerprint)
+    for name, want in sorted(shard.meta.get("checksums", {}).items()):
+        f = Path(path) / name
+        _, crc = file_crc32(f)
+        if crc != want["crc32"]:
+            raise ValueError(f"{f}: contents changed since prepare wrote it (CRC-32 {crc}, meta.json records "
+                             f"{want['crc32']}: tampered or corrupted); re-run prepare for {Path(path)}")
+    return shard
 
 
 def _check_size(path: Path, expected: int) -> None:

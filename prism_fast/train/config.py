@@ -190,6 +190,9 @@ class DataSection:
     """Held-out validation loss per domain every N steps (0 = only at start and end if val_batches > 0)."""
     val_batches: int = 4
     """Validation rows per domain (split across ranks). 0 disables validation."""
+    verify_checksums: bool = True
+    """At start, read every shard byte against the CRC-32s in its meta.json (split across ranks) and refuse a
+    damaged shard naming the file. false = sizes / index / tokenizer checks only (for corpora of many GB)."""
 
     def __post_init__(self):
         if self.mixture not in ("default", "mcs", "mc", "math_only", "custom"):
@@ -238,6 +241,9 @@ class TrainSection:
     """Stop after this many consecutive non-finite steps (each is skipped, not applied)."""
     threads: int = 0
     """torch intra-op threads per rank (0 = torch default)."""
+    dist_timeout_s: int = 1800
+    """Process-group timeout: a collective waiting longer than this for a hung or dead rank fails (one line,
+    exit 1) instead of hanging. torchrun stops the other ranks as soon as one dies; this covers hung ranks."""
     keep_host_memory: bool = True
     """CPU runs: keep freed host memory for reuse instead of returning it to the kernel (glibc mallopt; see
     train/host_allocator.py). Saves the page faults of re-allocating MB-sized tensors every step; RSS stays at
@@ -246,6 +252,8 @@ class TrainSection:
     def __post_init__(self):
         if self.steps < 1 or self.global_batch_size < 1:
             raise ValueError("train.steps and train.global_batch_size must be >= 1")
+        if self.dist_timeout_s < 1:
+            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s} must be >= 1 (seconds)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device={self.device!r}; use auto | cpu | cuda")
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from prism_fast.entry import UserError, agree_on_error, rank0_result
+
 log = logging.getLogger(__name__)
 
 
@@ -43,29 +45,37 @@ def _tokenizer_for(section, model_tok: str | None) -> str:
 
 
 def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vocab_size: int) -> TrainData:
-    import torch.distributed as dist  # noqa: PLC0415
     from prism_fast import data as pdata  # noqa: PLC0415
 
     tok = _tokenizer_for(section, tokenizer_path)
+    expected_fp = None  # the default corpus is (re)made with `tok` by rank 0, so its fingerprint is right
     if section.mixture == "default":
         out = Path(section.cache_dir).expanduser()
         # Rank 0 tokenizes the bundled corpora once (cached by tokenizer fingerprint) and tells the other ranks
         # which shards make the mixture; they open the same shards without re-checking the tokenizer (slow).
-        spec = [None]
-        if rank == 0:
-            mix = pdata.default_corpus(tok, out)
-            spec = [([(str(s.path), float(w), s.domain, s.name) for s, w in zip(mix.sources, mix.weights)],
-                     mix.val_fraction)]
-        if dist.is_initialized() and world_size > 1:
-            dist.broadcast_object_list(spec, src=0)
-        if rank != 0:
-            sources, val_fraction = spec[0]
-            mix = pdata.Mixture([pdata.Source(p, w, d, name=n) for p, w, d, n in sources], val_fraction=val_fraction)
+        # rank0_result: an error on rank 0 reaches every rank (no rank left waiting in the broadcast).
+        made = {}
+
+        def default_spec():
+            made["mix"] = m = pdata.default_corpus(tok, out)
+            return [(str(s.path), float(w), s.domain, s.name) for s, w in zip(m.sources, m.weights)], m.val_fraction
+
+        sources, val_fraction = rank0_result(default_spec)
+        mix = made.get("mix") or pdata.Mixture([pdata.Source(p, w, d, name=n) for p, w, d, n in sources],
+                                               val_fraction=val_fraction)
     elif section.mixture == "custom":
         mix = pdata.Mixture([pdata.Source(Path(s["path"]).expanduser(), float(s.get("weight", 1.0)), s.get("domain"))
                              for s in section.sources])
     else:
         mix = getattr(pdata.presets, section.mixture)(section.root)
+    if section.mixture != "default":
+        expected_fp = rank0_result(lambda: pdata.tokenizer_fingerprint(tok))
+    err = None
+    try:  # each rank checks a share of the shards; all ranks fail together, naming the file
+        _check_shards(mix.sources[rank::world_size], expected_fp, tok, deep=section.verify_checksums)
+    except ValueError as e:
+        err = e
+    agree_on_error(err)
     meta_vocab = mix.sources[0].shard().meta.get("tokenizer", {}).get("vocab_size")
     if meta_vocab and meta_vocab > vocab_size:
         raise ValueError(f"the data was tokenized with a vocabulary of {meta_vocab} tokens but the model has "
@@ -78,6 +88,17 @@ def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vo
         val = pdata.build_val_loader(mix, seq_len=section.seq_len, micro_batch_size=section.micro_batch_size,
                                      rank=rank, world_size=world_size, max_rows_per_domain=section.val_batches)
     return TrainData(loader=loader, val_loader=val, domains=list(mix.domains), tokenizer_path=tok, mixture=mix)
+
+
+def _check_shards(sources, expected_fp: str | None, tok: str, *, deep: bool) -> None:
+    """Refuse damaged shards at start: sizes / index always, every byte's CRC-32 when deep (shards.verify_shard),
+    and the tokenizer fingerprint in meta.json against the run's tokenizer."""
+    from prism_fast.data.shards import open_shard, verify_shard  # noqa: PLC0415
+    for s in sources:
+        try:
+            (verify_shard if deep else open_shard)(s.path, expected_fp)
+        except ValueError as e:
+            raise UserError(f"{e} (run tokenizer: {tok})" if "another tokenizer" in str(e) else str(e)) from None
 
 
 def as_packed_row(batch: dict) -> dict:

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from prism_fast.distributed import destroy_distributed, init_distributed
 from prism_fast.distributed.fp8 import fp8_autocast_ctx
+from prism_fast.entry import UserError
 from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import JobConfig, save_json
@@ -40,8 +41,12 @@ IGNORE = -100
 warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+# Test hook (tests/faults): PRISM_TEST_NAN_STEPS=3,4 makes the loss NaN at those 1-based steps (a NaN burst).
+_TEST_NAN_STEPS = {int(s) for s in os.environ.get("PRISM_TEST_NAN_STEPS", "").split(",") if s.strip()}
+
+
+class NonFiniteLossError(UserError):
+    """K non-finite steps in a row: a one-line error (exit 2) naming the steps, samples and what to change."""
 
 
 class Trainer:
@@ -55,7 +60,7 @@ class Trainer:
             keep_freed_host_memory()
         # Launch-time validation first (files, mesh, batch), before any process group or model exists.
         self.grad_accum = cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
-        self.rank, self.world_size, local_rank = init_distributed(dev_type)
+        self.rank, self.world_size, local_rank = init_distributed(dev_type, timeout_s=tc.dist_timeout_s)
         self.device = torch.device(dev_type, local_rank) if dev_type == "cuda" else torch.device("cpu")
         # Control-plane group on CPU: preemption consensus and checkpoint barriers never sync the GPU stream.
         self.cpu_group = dist.new_group(backend="gloo") if dev_type == "cuda" else dist.group.WORLD
@@ -162,6 +167,8 @@ class Trainer:
             loss_sum, per_tok = self.model(mb["input_ids"], position_ids=mb["position_ids"],
                                            cu_seqlens=mb["cu_seqlens"], labels=mb["labels"], loss_reduction="sum",
                                            return_per_token=True)
+        if self.step + 1 in _TEST_NAN_STEPS:
+            loss_sum = loss_sum * float("nan")
         scale = self.model.loss_scale_for_fsdp  # 1.0 unless FSDP can only average (older torch)
         (loss_sum * scale / n_tok_global if scale != 1.0 else loss_sum / n_tok_global).backward()
         dom = mb["domain_ids"].reshape(-1)
@@ -285,9 +292,12 @@ class Trainer:
             lines.append(f"HF export: {self.export_dir}")
         return "\n".join(lines)
 
-    def close(self):
+    def close(self, barrier: bool = True):
+        """barrier=False after a failure: a peer may be dead or stuck in another collective, so do not wait."""
         self.metrics.close()
         if hasattr(self, "data"):
             self.data.close()
-        destroy_distributed()
-
+        if barrier:
+            destroy_distributed()
+        elif dist.is_initialized():
+            dist.destroy_process_group()
