@@ -66,9 +66,9 @@ def bench_layer(name, shape, tokens, device, dtype, reps):
             for mode, fn in (("forward", fwd), ("full", full)):
                 prov = f"ssd_{backend}" + ("_packed" if packed else "")
                 try:
-                    with ops.override_backend("ssd_chunk_scan", backend):
-                        p50, mem, r = measure("mamba2", prov, mode, fn, tokens, config=cfg, device=device,
-                                              warmup=2, reps=reps)
+                    mixer.use_kernels(ops.resolve_kernels({"ssd": backend}, device=device, dtype=x.dtype))
+                    p50, mem, r = measure("mamba2", prov, mode, fn, tokens, config=cfg, device=device,
+                                          warmup=2, reps=reps)
                 except Exception as e:                          # a backend that fails is reported, not fatal
                     print(f"  {name} {backend} {mode}: FAILED {type(e).__name__}: {e}")
                     continue

@@ -12,6 +12,7 @@ import torch
 
 from prism_fast.distributed.ac import MODES as AC_MODES, apply_ac
 from prism_fast.distributed.compile import apply_compile
+from prism_fast.distributed.context_parallel import check_cp_supported
 from prism_fast.distributed.fp8 import apply_fp8
 from prism_fast.distributed.fsdp import apply_fsdp, disable_gradient_division, to_dtype
 from prism_fast.distributed.parallel_dims import ParallelDims
@@ -22,7 +23,10 @@ class Config:
     dp_replicate: int = 1
     """HSDP replica groups (PRISM: 16 x 8 GPUs). 1 = FSDP over all ranks."""
     dp_shard: int = -1
-    """FSDP shard group size; -1 = world_size // dp_replicate."""
+    """FSDP shard group size; -1 = world_size // (dp_replicate * cp)."""
+    cp: int = 1
+    """Context parallelism: ranks sharing each packed row (load-balanced chunks, K/V all-gather per attention
+    layer; distributed/context_parallel.py). Dense models only. PRISM long-context phase: 4."""
     param_dtype: str = "bf16"
     """Compute dtype of the all-gathered params (MixedPrecisionPolicy.param_dtype). Master weights, grads after
     reduction and optimizer state stay fp32. Use fp32 for CPU tests that compare bitwise."""
@@ -49,26 +53,25 @@ class Config:
         if self.expected_world_size is not None and world_size != self.expected_world_size:
             raise ValueError(
                 f"this recipe is laid out for {self.expected_world_size} ranks (dp_replicate={self.dp_replicate} x "
-                f"dp_shard={self.dp_shard}) but {world_size} were launched; launch {self.expected_world_size} "
-                f"processes or override --parallel.dp_replicate/--parallel.dp_shard and "
+                f"dp_shard={self.dp_shard} x cp={self.cp}) but {world_size} were launched; launch "
+                f"{self.expected_world_size} processes or override --parallel.dp_replicate/--parallel.dp_shard and "
                 f"--parallel.expected_world_size={world_size} (and the batch size)")
-        return ParallelDims(dp_replicate=self.dp_replicate, dp_shard=self.dp_shard, world_size=world_size)
+        return ParallelDims(dp_replicate=self.dp_replicate, dp_shard=self.dp_shard, cp=self.cp,
+                            world_size=world_size)
 
 
 def parallelize(model: torch.nn.Module, dims: ParallelDims, cfg: Config, device_type: str) -> dict:
     """Apply FP8, AC, compile and FSDP2 in place. Returns a dict describing what was applied (for logging)."""
     info = {}
+    if dims.cp > 1 and hasattr(model, "config"):
+        check_cp_supported(model.config, dims.cp)
     if cfg.fp8:
         info["fp8_linears"] = apply_fp8(model)
     info["ac_blocks"] = apply_ac(model, cfg.ac, cfg.ac_every)
     if cfg.compile:
+        # Kernel backends (incl. the compiled "inductor" loss on CPU) are the model's KernelChoice, resolved by the
+        # caller with compile=cfg.compile (train/model_init.py), not switched here.
         info["compiled_blocks"] = apply_compile(model)
-        if hasattr(model, "loss_backend") and device_type == "cpu":
-            # The LM-head loss's row math (softmax + dlogits over [chunk, V]) compiled too: no fp32 copy of the
-            # logits chunk, so 2x larger chunks in the same memory (not faster per chunk on the 2-core CPU).
-            # CUDA keeps the Triton row kernel.
-            model.loss_backend = "inductor"
-            info["loss_backend"] = "inductor"
     dims.build_mesh(device_type)
     # With a 1-rank shard group a "shard" is the whole tensor: resharding after forward frees only the bf16
     # compute copies and costs a second all-gather (cast + copies) in backward, so it is skipped there.
@@ -76,5 +79,5 @@ def parallelize(model: torch.nn.Module, dims: ParallelDims, cfg: Config, device_
     apply_fsdp(model, dims.fsdp_mesh(), param_dtype=to_dtype(cfg.param_dtype),
                reduce_dtype=to_dtype(cfg.reduce_dtype), reshard_after_forward=reshard)
     info["grad_sum"] = disable_gradient_division(model)
-    info["mesh"] = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard}
+    info["mesh"] = {"dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "cp": dims.cp}
     return info

@@ -15,11 +15,20 @@ from prism_fast.models.hf_io import (from_pretrained, load_tokenizer, save_pretr
                                      smollm2_hf_dir)
 
 
-def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32) -> CausalLM:
-    """Construct the family's model on `device` ("meta" allocates nothing: load weights with assign=True)."""
+def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32, kernels=None,
+                compile: bool = False) -> CausalLM:
+    """Construct the family's model on `device` ("meta" allocates nothing: load weights with assign=True).
+
+    kernels: ops.KernelConfig, a dict of field -> backend ({"attention": "triton"}), a KernelChoice, or None (all
+    "auto"); resolved once here for `device` / `dtype` (compile=True: the choice made for compiled blocks) into
+    `model.kernels`. A meta build resolves for the CPU: call model.configure_kernels(kernels, device=...) once the
+    model is materialized on another device (train/model_init.py does)."""
     with torch.device(device):
         model = family_module(cfg.model_type).build(cfg)
-    return model.to(dtype=dtype)
+    model = model.to(dtype=dtype)
+    dev = torch.device(device)
+    model.configure_kernels(kernels, device="cpu" if dev.type == "meta" else dev, dtype=dtype, compile=compile)
+    return model
 
 
 __all__ = ["CausalLM", "FAMILIES", "KVCache", "LayerCache", "ModelCache", "ModelConfig", "build_model",

@@ -8,6 +8,10 @@ caches, loss, logprobs, hidden states, FLOPs, saving) is shared. A family whose 
 passes its own module as `norm`.
 Unusual: the loss / logprobs are computed INSIDE forward (fused linear + CE over chunks, never the whole [N, V]
 logits), so FSDP2's root pre-forward hook has the lm_head weight gathered when it is needed.
+Kernel backends are chosen once (`configure_kernels`, called by build_model / from_pretrained / the trainer) and
+held as `model.kernels` (a frozen ops.KernelChoice); every submodule with a `use_kernels(choice)` method keeps
+the names it needs and passes them to the ops. A forward on another device type than the choice was made for is
+an error, never a silent re-dispatch.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from torch import nn
 from prism_fast.models.cache import ModelCache
 from prism_fast.models.config import ModelConfig
 from prism_fast.models.layers import ForwardContext, RMSNorm, Rotary
-from prism_fast.ops import fused_linear_cross_entropy, fused_linear_logprobs
+from prism_fast.ops import KernelChoice, fused_linear_cross_entropy, fused_linear_logprobs, resolve_kernels
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> None:
@@ -47,10 +51,31 @@ class CausalLM(nn.Module):
         setattr(self, prefix, inner)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg) if cfg.position_embedding_type == "rope" and cfg.num_attention_layers else None
-        self.loss_backend = "auto"
-        """Backend of the fused LM-head loss (ops.fused_linear_cross_entropy); parallelize() sets "inductor"
-        when it compiles the blocks."""
+        self.kernels: KernelChoice = self.configure_kernels(None, device="cpu", dtype=torch.float32)
+        """Resolved kernel backends; build_model / from_pretrained / the trainer re-resolve them for the real
+        device, dtype and build options (configure_kernels)."""
         self.tie_weights()
+
+    def configure_kernels(self, kernels=None, *, device=None, dtype=None, compile: bool = False,
+                          fp8: bool | None = None) -> KernelChoice:
+        """Resolve `kernels` (ops.KernelConfig, dict of field -> name, KernelChoice or None = all auto) for the
+        device / compute dtype this model runs with, and hand the names to every submodule (`use_kernels`).
+        device / dtype default to the LM head weight's (device must then not be meta). fp8 defaults to whether
+        any submodule is a registered FP8 linear (layers.is_fp8_linear): then q/k/v and gate/up run one module
+        call each. ValueError listing the usable backends when a named backend cannot run. Returns the choice."""
+        from prism_fast.models.layers import is_fp8_linear  # noqa: PLC0415 (layers imports this module's deps)
+        w = self.lm_head.weight
+        device = torch.device(device if device is not None else w.device)
+        if device.type == "meta":
+            raise ValueError("configure_kernels: the model is on the meta device; pass device= (where it will run)")
+        if fp8 is None:
+            fp8 = any(is_fp8_linear(m) for m in self.modules())
+        choice = resolve_kernels(kernels, device=device, dtype=dtype or w.dtype, compile=compile, fp8=fp8)
+        for m in self.modules():
+            if m is not self and hasattr(m, "use_kernels"):
+                m.use_kernels(choice)
+        self.kernels = choice
+        return choice
 
     # ---- module access (names differ per family) ----
     @property
@@ -89,24 +114,41 @@ class CausalLM(nn.Module):
         self.tie_weights()
 
     # ---- forward ----
-    def make_context(self, input_ids, position_ids=None, cu_seqlens=None, cache=None, dtype=None) -> ForwardContext:
+    def make_context(self, input_ids, position_ids=None, cu_seqlens=None, cache=None, dtype=None,
+                     cp=None) -> ForwardContext:
         """Positions (restarting per document when packed, offset by the cache when decoding), RoPE tables,
-        attention boundaries and Mamba's seq_idx for one forward."""
+        attention boundaries and Mamba's seq_idx for one forward. With `cp` (a context_parallel.CPShard) the
+        input is this rank's shard of one packed row: position_ids (global, sharded alike) are required and the
+        document boundaries come from the shard."""
         B, T = input_ids.shape
         dev = input_ids.device
+        if cp is not None:
+            if position_ids is None or cu_seqlens is not None or cache is not None:
+                raise ValueError("context parallel forward: pass the sharded position_ids and no cu_seqlens / cache "
+                                 "(ContextParallel.shard prepares the batch)")
+            if "mamba" in self.config.layer_types:
+                raise ValueError(f"context parallelism supports dense attention models only; "
+                                 f"{self.config.model_type} has Mamba layers: use --parallel.cp=1")
+            rope = self.rotary(position_ids, dtype) if self.rotary is not None else None
+            return ForwardContext(position_ids=position_ids, rope=rope, attn_cu_seqlens=None, max_seqlen=T, cp=cp)
         seq_idx = None
         if cu_seqlens is not None:
             if cache is not None:
                 raise ValueError("cu_seqlens (packed) and cache cannot be combined: decode one batch row per "
                                  "sequence instead")
-            cu_seqlens = cu_seqlens.to(device=dev, dtype=torch.int32)
-            check_cu_seqlens(cu_seqlens, B, T)
+            # Validation and the longest document need the values on the host: free when the caller passes
+            # cu_seqlens on the CPU (the trainer does: the loader built it there), two device-to-host syncs per
+            # forward when it is already on the accelerator.
+            cu_host = cu_seqlens.to(torch.int32) if cu_seqlens.device.type == "cpu" else None
+            check_cu_seqlens(cu_host if cu_host is not None else cu_seqlens, B, T)
+            cu_seqlens = cu_seqlens.to(device=dev, dtype=torch.int32, non_blocking=True)
             lengths = cu_seqlens.diff()
+            max_seqlen = int((cu_host if cu_host is not None else cu_seqlens).diff().max())   # sync if on device
             seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=dev, dtype=torch.int32),
                                               lengths.long(), output_size=T)[None]        # [1, T]
             if position_ids is None:
                 position_ids = (torch.arange(T, device=dev) - cu_seqlens.long()[seq_idx[0]])[None]
-            attn_cu, max_seqlen = cu_seqlens, int(lengths.max())
+            attn_cu = cu_seqlens
         elif cache is None:
             attn_cu = torch.arange(0, (B + 1) * T, T, device=dev, dtype=torch.int32)
             max_seqlen = T
@@ -138,12 +180,16 @@ class CausalLM(nn.Module):
                              f"{tuple(input_ids.shape)}")
 
     def forward_hidden(self, input_ids, *, position_ids=None, cu_seqlens=None, cache=None,
-                       collect=None) -> torch.Tensor:
+                       collect=None, cp=None) -> torch.Tensor:
         """Embeddings -> blocks -> final norm: [B, T, D]. `collect` (a list) receives each block's input.
         (Not named `backbone`: nemotron_h's submodule has that name, and a method would shadow it.)"""
         self._check_inputs(input_ids)
+        if input_ids.device.type != self.kernels.device:
+            raise ValueError(f"the model's kernels were chosen for {self.kernels.device} but the input is on "
+                             f"{input_ids.device.type}: call model.configure_kernels(kernels, device=...) after "
+                             f"moving the model")
         x = self.embed(input_ids)
-        ctx = self.make_context(input_ids, position_ids, cu_seqlens, cache, x.dtype)
+        ctx = self.make_context(input_ids, position_ids, cu_seqlens, cache, x.dtype, cp)
         for blk in self.blocks:
             if collect is not None:
                 collect.append(x)
@@ -155,11 +201,13 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids, *, position_ids=None, cu_seqlens=None, labels=None, cache=None,
                 loss_reduction="mean", ignore_index=-100, return_per_token=False, logprobs_of=None,
-                temperature=1.0, return_entropy=False):
+                temperature=1.0, return_entropy=False, cp=None):
         """input_ids [B, T] -> logits [B, T, V] (model dtype, logits_scaling applied), or with labels [B, T]
         (already shifted: labels[t] is the target of position t) the loss (and per-token losses [B, T]), or with
-        logprobs_of [B, T] the fp32 log-probs [B, T] at `temperature` (and entropy [B, T])."""
-        h = self.forward_hidden(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache)
+        logprobs_of [B, T] the fp32 log-probs [B, T] at `temperature` (and entropy [B, T]).
+        cp: context parallelism (distributed.context_parallel): the inputs are this rank's shard of one packed row
+        and the loss / log-probs cover this rank's tokens only (the caller reduces over the cp group)."""
+        h = self.forward_hidden(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache, cp=cp)
         B, T, D = h.shape
         w = self.lm_head.weight
         if labels is not None:
@@ -167,7 +215,7 @@ class CausalLM(nn.Module):
                 raise ValueError(f"labels shape {tuple(labels.shape)} must equal input_ids shape {(B, T)}")
             out = fused_linear_cross_entropy(h.reshape(B * T, D), w, labels.reshape(B * T), ignore_index=ignore_index,
                                              reduction=loss_reduction, logit_scale=1.0 / self.config.logits_scaling,
-                                             return_per_token=return_per_token, backend=self.loss_backend)
+                                             return_per_token=return_per_token, backend=self.kernels.loss)
             if return_per_token:
                 loss, per_tok = out
                 return (loss.view(B, T) if loss_reduction == "none" else loss), per_tok.view(B, T)
@@ -177,7 +225,7 @@ class CausalLM(nn.Module):
                 raise ValueError(f"logprobs_of shape {tuple(logprobs_of.shape)} must equal input_ids shape {(B, T)}")
             out = fused_linear_logprobs(h.reshape(B * T, D), w, logprobs_of.reshape(B * T),
                                         temperature=temperature * self.config.logits_scaling,
-                                        return_entropy=return_entropy)
+                                        return_entropy=return_entropy, backend=self.kernels.logprobs)
             if return_entropy:
                 return out[0].view(B, T), out[1].view(B, T)
             return out.view(B, T)

@@ -133,15 +133,18 @@ def _assign(model, sd: dict, src) -> None:
     model.load_state_dict(sd, strict=False, assign=True)
 
 
-def from_pretrained(path, *, dtype=torch.float32, device="cpu"):
+def from_pretrained(path, *, dtype=torch.float32, device="cpu", kernels=None):
     """Load an HF directory (config.json + model.safetensors or shards + index) or a .gguf file (see module
-    docstring for the memory bound). Returns a CausalLM in eval mode on `device` with floating params in `dtype`."""
+    docstring for the memory bound). Returns a CausalLM in eval mode on `device` with floating params in `dtype`
+    and its kernel backends resolved for them (kernels: ops.KernelConfig / dict / None = auto; see build_model)."""
     from prism_fast.models import build_model
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: pass an HF model directory or a .gguf file")
     if path.suffix == ".gguf":
-        return load_gguf(path, dtype=dtype, device=device)
+        model = load_gguf(path, dtype=dtype, device=device)
+        model.configure_kernels(kernels, device=device, dtype=dtype)
+        return model
     cfg = load_config(path)
     files, weight_map = _checkpoint_files(path)
     model = build_model(cfg, device="meta", dtype=dtype)
@@ -153,6 +156,7 @@ def from_pretrained(path, *, dtype=torch.float32, device="cpu"):
         loaded |= sd.keys()
         del sd
     _finish_load(model, loaded, path)
+    model.configure_kernels(kernels, device=device, dtype=dtype)
     return model.eval()
 
 
@@ -174,6 +178,7 @@ def load_gguf(path, *, dtype=torch.float32, device="cpu"):
     sd = {k: v.to(device) for k, v in tensors.items()}
     _assign(model, sd, path)
     _finish_load(model, set(sd), path)
+    model.configure_kernels(device=device, dtype=dtype)
     return model.eval()
 
 

@@ -32,6 +32,7 @@ class ForwardContext:
     cu_seqlens: torch.Tensor | None = None           # the caller's packed boundaries (B == 1), else None
     seq_idx: torch.Tensor | None = None              # [B, T] int32 document index per token when packed
     cache: ModelCache | None = None
+    cp: object | None = None                         # context parallelism: distributed.context_parallel.CPShard
 
 
 _ACTS = {
@@ -51,11 +52,35 @@ def activation(name: str):
     return _ACTS[name]
 
 
-def _fused_projection(x: torch.Tensor, *linears: nn.Linear) -> torch.Tensor:
-    """Several nn.Linear of the same input as ONE GEMM (ops.concat_linear); the params keep their HF names.
-    x [..., D] -> [..., sum of out_features] (the outputs side by side, in argument order)."""
+# Linear module types that run FP8 GEMMs (Transformer Engine's te.Linear; distributed/fp8.py registers it when
+# it swaps the block linears). Their math is inside the module (scaling state, FP8 casts), so a projection made
+# of them must call each module: a concatenated-weight GEMM would read .weight and run in bf16.
+FP8_LINEAR_TYPES: list[type] = []
+
+
+def register_fp8_linear(cls: type) -> type:
+    """Declare `cls` an FP8 linear module type (see FP8_LINEAR_TYPES). Returns cls."""
+    if cls not in FP8_LINEAR_TYPES:
+        FP8_LINEAR_TYPES.append(cls)
+    return cls
+
+
+def is_fp8_linear(m: nn.Module) -> bool:
+    return isinstance(m, tuple(FP8_LINEAR_TYPES))
+
+
+def _fused_projection(x: torch.Tensor, projection: str, *linears: nn.Module) -> torch.Tensor:
+    """Several linears of the same input; x [..., D] -> [..., sum of out_features] (outputs side by side, in
+    argument order). projection (the model's kernels.projection): "fused" = ONE GEMM over the concatenated
+    weights (ops.concat_linear; params keep their HF names), "separate" = one module call each (FP8 / TE)."""
+    if projection == "separate":
+        return torch.cat([m(x) for m in linears], dim=-1)
+    if any(type(m) is not nn.Linear for m in linears):
+        raise RuntimeError(f"kernels.projection='fused' needs plain nn.Linear modules, got "
+                           f"{sorted({type(m).__name__ for m in linears})}: call model.configure_kernels() after "
+                           f"swapping linears (FP8 resolves projection='separate')")
     biases = [m.bias for m in linears] if linears[0].bias is not None else None
-    return concat_linear(x, [m.weight for m in linears], biases)
+    return concat_linear(x, [m.weight for m in linears], biases, backend="torch")
 
 
 class RMSNorm(nn.Module):
@@ -103,10 +128,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(D, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(D, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, D, bias=bias)
+        self.attn_backend = self.decode_backend = "auto"     # set by CausalLM.configure_kernels (use_kernels)
+        self.projection = "fused"
+
+    def use_kernels(self, k) -> None:
+        """Keep this module's backends from a resolved ops.KernelChoice."""
+        self.attn_backend, self.decode_backend, self.projection = k.attention, k.decode, k.projection
 
     def forward(self, x_BTD: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        qkv = _fused_projection(x_BTD, self.q_proj, self.k_proj, self.v_proj)
+        qkv = _fused_projection(x_BTD, self.projection, self.q_proj, self.k_proj, self.v_proj)
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([nq, nkv, nkv], dim=-1)                                # strided views
         q_BTHK = q.view(B, T, self.num_heads, self.head_dim)
@@ -114,15 +145,21 @@ class Attention(nn.Module):
         v_BTGK = v.view(B, T, self.num_kv_heads, self.head_dim)
         if ctx.rope is not None:
             q_BTHK, k_BTGK = apply_rotary(q_BTHK, k_BTGK, *ctx.rope)
-        if ctx.cache is None:
+        if ctx.cp is not None:  # this rank holds T of the row's tokens; K/V are gathered over the cp group
+            o = ctx.cp.attention(q_BTHK.reshape(B * T, self.num_heads, self.head_dim),
+                                 k_BTGK.reshape(B * T, self.num_kv_heads, self.head_dim),
+                                 v_BTGK.reshape(B * T, self.num_kv_heads, self.head_dim),
+                                 softmax_scale=self.scale, window_size=self.window_size)
+        elif ctx.cache is None:
             o = varlen_attention(q_BTHK.reshape(B * T, self.num_heads, self.head_dim),
                                  k_BTGK.reshape(B * T, self.num_kv_heads, self.head_dim),
                                  v_BTGK.reshape(B * T, self.num_kv_heads, self.head_dim),
                                  ctx.attn_cu_seqlens, ctx.max_seqlen, causal=True, softmax_scale=self.scale,
-                                 window_size=self.window_size)
+                                 window_size=self.window_size, backend=self.attn_backend)
         else:
             o = ctx.cache.layers[self.layer_idx].attend(q_BTHK, k_BTGK, v_BTGK, ctx.cache.seqlens,
-                                                        softmax_scale=self.scale, window_size=self.window_size)
+                                                        softmax_scale=self.scale, window_size=self.window_size,
+                                                        backend=self.decode_backend)
         return self.o_proj(o.reshape(B, T, self.num_heads * self.head_dim))
 
     def new_cache(self, batch_size, max_seq_len, dtype, device) -> KVCache:
@@ -142,11 +179,15 @@ class MLP(nn.Module):
             self.gate_proj = None
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.projection = "fused"                             # set by CausalLM.configure_kernels (use_kernels)
+
+    def use_kernels(self, k) -> None:
+        self.projection = k.projection
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act(self.up_proj(x_BTD)))
-        g, u = _fused_projection(x_BTD, self.gate_proj, self.up_proj).chunk(2, dim=-1)
+        g, u = _fused_projection(x_BTD, self.projection, self.gate_proj, self.up_proj).chunk(2, dim=-1)
         return self.down_proj(self.act(g) * u)
 
     @classmethod

@@ -10,6 +10,9 @@ checkpoints load unchanged:
 with I = H * P (heads x head dim), G groups, N state size. Training goes through prism_fast.ops.causal_conv1d and
 prism_fast.ops.ssd_chunk_scan (whatever backend they dispatch to); packed rows pass `seq_idx` so the convolution
 and the SSM state restart at every document. Decoding uses prism_fast.ops.mamba_decode_step.
+The backends are the model's kernel choice (`use_kernels`, called by CausalLM.configure_kernels); a mixer used on
+its own dispatches per call ("auto"). The SSD chunk size is an implementation choice (the result does not depend
+on it): config.json's chunk_size is kept for saving, the kernels run `ssd_kernel_chunk_size(chunk_size)`.
 
 Legend: B batch, T time, D model width, I inner width, H heads, P head dim, G groups, N state size, W conv width.
 """
@@ -23,6 +26,17 @@ from torch import nn
 
 from prism_fast import ops
 from prism_fast.models.cache import LayerCache
+
+SSD_MIN_CHUNK, SSD_MAX_CHUNK = 16, 256
+
+
+def ssd_kernel_chunk_size(requested: int) -> int:
+    """The chunk the SSD kernels run for a config's chunk_size: the next power of two in [16, 256] (the kernels
+    need a power of two >= 16; any positive chunk_size transformers accepts, e.g. 8, maps to a valid one)."""
+    if requested < 1:
+        raise ValueError(f"Mamba2: chunk_size must be a positive integer, got {requested}")
+    c = 1 << (int(requested) - 1).bit_length()
+    return min(max(c, SSD_MIN_CHUNK), SSD_MAX_CHUNK)
 
 
 @dataclass
@@ -79,6 +93,8 @@ class Mamba2Mixer(nn.Module):
         self.hidden_size = hidden_size
         self.num_heads, self.head_dim, self.d_state, self.n_groups = num_heads, head_dim, d_state, n_groups
         self.conv_width, self.chunk_size, self.activation = conv_width, chunk_size, activation
+        self.kernel_chunk_size = ssd_kernel_chunk_size(chunk_size)
+        self.backends = {"conv1d": "auto", "ssd": "auto", "conv1d_update": "auto", "ssd_update": "auto"}
         self.time_step_limit = (float(time_step_limit[0]), float(time_step_limit[1]))
         self.intermediate_size = I = num_heads * head_dim
         self.conv_dim = I + 2 * n_groups * d_state
@@ -113,6 +129,10 @@ class Mamba2Mixer(nn.Module):
         dt = torch.exp(u * (math.log(hi) - math.log(lo)) + math.log(lo)).clamp(min=floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))           # inverse of softplus
 
+    def use_kernels(self, k) -> None:
+        """Keep the conv / SSD (training) and decode-step backends of a resolved ops.KernelChoice."""
+        self.backends = {op: getattr(k, op) for op in self.backends}
+
     def new_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None) -> MambaCache:
         """Zero state for `batch_size` sequences (max_seq_len is unused: the state has a fixed size)."""
         dtype = dtype or self.in_proj.weight.dtype
@@ -135,13 +155,15 @@ class Mamba2Mixer(nn.Module):
         if cache is not None and T == 1:
             y = ops.mamba_decode_step(xBC_BTC[:, 0], dt_BTH[:, 0], cache.conv_state, cache.ssm_state, conv_w,
                                       self.conv1d.bias, A_H, n_groups=G, D=self.D, dt_bias=self.dt_bias,
-                                      dt_softplus=True, dt_limit=self.time_step_limit, activation=self.activation)
+                                      dt_softplus=True, dt_limit=self.time_step_limit, activation=self.activation,
+                                      conv_backend=self.backends["conv1d_update"],
+                                      ssd_backend=self.backends["ssd_update"])
             y_BTI = y.reshape(Bsz, 1, I)
         else:
             xBC_BCT = xBC_BTC.transpose(1, 2)
             if cache is None or seq_idx is not None:
                 conv_BCT = ops.causal_conv1d(xBC_BCT, conv_w, self.conv1d.bias, seq_idx=seq_idx,
-                                             activation=self.activation)
+                                             activation=self.activation, backend=self.backends["conv1d"])
                 if cache is not None:
                     # packed prefill of fresh prompts (prism_fast.inference.prefill): the stand-in cache takes
                     # each document's conv history and final SSM state; the rest is the uncached packed forward
@@ -152,15 +174,16 @@ class Mamba2Mixer(nn.Module):
                 # the whole sequence for the new positions; the new history is the last W-1 inputs.
                 hist = self.conv_width - 1
                 ext = torch.cat([cache.conv_state.to(xBC_BCT.dtype), xBC_BCT], dim=-1)
-                conv_BCT = ops.causal_conv1d(ext, conv_w, self.conv1d.bias, activation=self.activation)[..., hist:]
+                conv_BCT = ops.causal_conv1d(ext, conv_w, self.conv1d.bias, activation=self.activation,
+                                             backend=self.backends["conv1d"])[..., hist:]
                 cache.conv_state.copy_(ext[..., ext.shape[-1] - hist:])
             x_BTC = conv_BCT.transpose(1, 2)
             xs, Bm, Cm = torch.split(x_BTC, [I, G * N, G * N], dim=-1)
             out = ops.ssd_chunk_scan(
                 xs.reshape(Bsz, T, H, P), dt_BTH, A_H, Bm.reshape(Bsz, T, G, N), Cm.reshape(Bsz, T, G, N),
-                self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
+                self.kernel_chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                 seq_idx=seq_idx, initial_states=None if cache is None else cache.ssm_state,
-                return_final_states=cache is not None)
+                return_final_states=cache is not None, backend=self.backends["ssd"])
             if cache is not None:
                 out, final = out
                 cache.ssm_state.copy_(final)

@@ -1,14 +1,15 @@
 """Public ops: one function per op, `backend="auto"` dispatch, and a pure-PyTorch `*_ref` beside each.
+Models pick their backends once at build (kernel_choice.py: KernelConfig -> resolve_kernels -> KernelChoice).
 
 This package is the only caller of prism_fast.kernels (Triton) and the csrc/ native modules.
 """
-from prism_fast.ops._dispatch import override_backend
 from prism_fast.ops.causal_conv1d import causal_conv1d, causal_conv1d_ref
 from prism_fast.ops.concat_linear import concat_linear, concat_linear_ref
 from prism_fast.ops.decode_attention import decode_attention, decode_attention_ref
 from prism_fast.ops.fused_linear_cross_entropy import (fused_linear_cross_entropy,
                                                        fused_linear_cross_entropy_ref)
 from prism_fast.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_ref
+from prism_fast.ops.kernel_choice import KernelChoice, KernelConfig, resolve_kernels
 from prism_fast.ops.gated_rms_norm import gated_rms_norm, gated_rms_norm_ref
 from prism_fast.ops.mamba_decode import (causal_conv1d_update, causal_conv1d_update_ref, mamba_decode_step,
                                          mamba_decode_step_ref, ssd_state_update, ssd_state_update_ref)
@@ -28,7 +29,7 @@ __all__ = [
     "gated_rms_norm", "gated_rms_norm_ref",
     "causal_conv1d_update", "causal_conv1d_update_ref", "mamba_decode_step", "mamba_decode_step_ref",
     "ssd_state_update", "ssd_state_update_ref",
-    "override_backend",
+    "KernelChoice", "KernelConfig", "resolve_kernels",
     "ssd_chunk_scan", "ssd_chunk_scan_ref", "ssd_scan_naive",
     "varlen_attention", "varlen_attention_ref",
 ]

@@ -1,18 +1,15 @@
 """Backend selection shared by every op in prism_fast.ops.
 
-Each op calls `resolve(op, backend, available, device)`. "auto" picks the first available backend of the op's
-preference list for the device. Tests override a choice globally with `override_backend(op, name)`.
+Each op calls `resolve(op, backend, valid, auto_order)`. "auto" picks the first available backend of the op's
+preference list for the device (direct callers and tests). Models do not use "auto" per call: their choice is
+resolved once at build (ops/kernel_choice.py) and passed to every op as an explicit name.
 Availability of optional packages is probed once (cached), not per call.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import os
-
-_OVERRIDES: dict[str, str] = {}
-
 
 @functools.cache
 def has_module(name: str) -> bool:
@@ -33,11 +30,9 @@ def triton_usable(device_type: str) -> bool:
 def resolve(op: str, backend: str, valid: tuple[str, ...], auto_order: list[str]) -> str:
     """Return the backend to run.
 
-    op: op name, for messages and overrides. backend: what the caller asked for.
+    op: op name, for messages. backend: what the caller asked for.
     valid: every backend name this op knows. auto_order: backends usable *now* for this device/dtype, best first.
     """
-    if backend == "auto":
-        backend = _OVERRIDES.get(op, "auto")
     if backend == "auto":
         if not auto_order:
             raise RuntimeError(f"{op}: no usable backend (known: {valid})")
@@ -45,17 +40,3 @@ def resolve(op: str, backend: str, valid: tuple[str, ...], auto_order: list[str]
     if backend not in valid:
         raise ValueError(f"{op}: unknown backend {backend!r}; valid backends are {list(valid)} or 'auto'")
     return backend
-
-
-@contextlib.contextmanager
-def override_backend(op: str, backend: str):
-    """Make backend="auto" resolve to `backend` for `op` inside the block (tests, benchmarks)."""
-    old = _OVERRIDES.get(op)
-    _OVERRIDES[op] = backend
-    try:
-        yield
-    finally:
-        if old is None:
-            _OVERRIDES.pop(op, None)
-        else:
-            _OVERRIDES[op] = old

@@ -7,8 +7,10 @@ activation: None or "silu" ("swish" is accepted as an alias).
 
 Backends: "torch" (causal_conv1d_ref, CPU default), "cuda" (csrc/conv1d -> libprism_cuda.so through ctypes: a
 plain C ABI fed data_ptr()s, strides and the current stream; no torch C++ ABI), "triton" (kernels/causal_conv1d.py,
-the portable fallback), "causal_conv1d" (Dao-AILab's causal-conv1d package when installed). Both fast paths have
-a custom autograd (dx, dweight, dbias; the backward recomputes the pre-activation).
+the portable fallback), "causal_conv1d" (Dao-AILab's causal-conv1d package when installed). Both fast paths are
+the custom ops prism::causal_conv1d_fwd / _bwd (fake impls, registered autograd: dx, dweight, dbias; the backward
+recomputes the pre-activation). The CUDA library reads weight / bias as x's dtype, so a mismatch is a ValueError
+naming the argument (check_param_dtypes), checked before anything runs.
 Also here: causal_conv1d_update_cuda, the single-step decode update of the CUDA library.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 import ctypes
 import functools
 from pathlib import Path
+from typing import Optional  # custom_op schema inference
 
 from prism_fast.ops._dispatch import has_module, resolve, triton_usable
 
@@ -156,6 +159,7 @@ def causal_conv1d_update_cuda(x, conv_state, weight, bias=None, *, activation=No
     """Decode step on the CUDA library (same contract as ops.mamba_decode.causal_conv1d_update_ref):
     x [B, C], conv_state [B, C, W-1] (x's dtype; shifted in place), weight [C, W] -> out [B, C]."""
     silu = _activation(activation)
+    check_param_dtypes(x, weight, bias, "cuda")
     lib = _need_cuda(x, conv_state, weight)
     if conv_state.dtype != x.dtype:
         raise RuntimeError("causal_conv1d_update: backend 'cuda' needs conv_state in x's dtype")
@@ -170,30 +174,66 @@ def causal_conv1d_update_cuda(x, conv_state, weight, bias=None, *, activation=No
     return out
 
 
-class CausalConv1dFn(torch.autograd.Function):
-    """Custom autograd around the "cuda" or "triton" kernels (same math; the backward recomputes)."""
+# The "cuda" and "triton" paths as torch custom ops (fake impls + registered autograd): torch.compile keeps each
+# as one opaque node (fullgraph=True) instead of tracing into ctypes calls or Triton launchers.
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, seq_idx, silu, backend):
-        if backend == "cuda":
-            out = _conv_fwd_cuda(x, weight, bias, seq_idx, silu)
-        else:
-            from prism_fast.kernels.causal_conv1d import causal_conv1d_fwd
-            out = causal_conv1d_fwd(x, weight, bias, seq_idx, silu, _empty_like_layout(x))
-        ctx.save_for_backward(x, weight, bias, seq_idx)
-        ctx.cfg = (silu, backend)
-        return out
+@torch.library.custom_op("prism::causal_conv1d_fwd", mutates_args=())
+def _conv_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                 silu: bool, backend: str) -> torch.Tensor:
+    """out [B, C, T] in x's layout (see _empty_like_layout)."""
+    if backend == "cuda":
+        return _conv_fwd_cuda(x, weight, bias, seq_idx, silu)
+    from prism_fast.kernels.causal_conv1d import causal_conv1d_fwd
+    return causal_conv1d_fwd(x, weight, bias, seq_idx, silu, _empty_like_layout(x))
 
-    @staticmethod
-    def backward(ctx, dout):
-        x, weight, bias, seq_idx = ctx.saved_tensors
-        silu, backend = ctx.cfg
-        if backend == "cuda":
-            dx, dw, db = _conv_bwd_cuda(dout, x, weight, bias, seq_idx, silu)
-        else:
-            from prism_fast.kernels.causal_conv1d import causal_conv1d_bwd
-            dx, dw, db = causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, _empty_like_layout(x))
-        return dx, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else None), None, None, None
+
+@_conv_fwd_op.register_fake
+def _(x, weight, bias, seq_idx, silu, backend):
+    return _empty_like_layout(x)
+
+
+@torch.library.custom_op("prism::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 seq_idx: Optional[torch.Tensor], silu: bool,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx like x, dweight [C, W] in weight's dtype, dbias [C] in bias's dtype, or empty without bias). The
+    backward recomputes the pre-activation."""
+    if backend == "cuda":
+        dx, dw, db = _conv_bwd_cuda(dout, x, weight, bias, seq_idx, silu)
+    else:
+        from prism_fast.kernels.causal_conv1d import causal_conv1d_bwd
+        dx, dw, db = causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, _empty_like_layout(x))
+    return dx, dw.to(weight.dtype), (db.to(bias.dtype) if db is not None else x.new_empty(0))
+
+
+@_conv_bwd_op.register_fake
+def _(dout, x, weight, bias, seq_idx, silu, backend):
+    return (_empty_like_layout(x), weight.new_empty(weight.shape),
+            bias.new_empty(bias.shape) if bias is not None else x.new_empty(0))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, seq_idx, silu, backend = inputs
+    ctx.save_for_backward(x, weight, bias, seq_idx)
+    ctx.cfg = (silu, backend)
+
+
+def _conv_backward(ctx, dout):
+    x, weight, bias, seq_idx = ctx.saved_tensors
+    dx, dw, db = _conv_bwd_op(dout, x, weight, bias, seq_idx, *ctx.cfg)
+    return dx, dw, (db if bias is not None else None), None, None, None
+
+
+_conv_fwd_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+def check_param_dtypes(x, weight, bias, backend: str) -> None:
+    """The CUDA library reads weight and bias through x's element type (one dtype code per call): a mismatch would
+    reinterpret their bytes. Raise naming the argument instead."""
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"causal_conv1d: backend {backend!r} needs {name} in x's dtype ({x.dtype}), got "
+                             f"{t.dtype}; cast it (e.g. {name}.to(x.dtype)) or use backend='triton' / 'torch'")
 
 
 def _activation(activation):
@@ -226,7 +266,7 @@ def causal_conv1d(x, weight, bias=None, *, seq_idx=None, activation=None, backen
     if b == "triton" and not triton_usable(x.device.type):
         raise RuntimeError("causal_conv1d: backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
     if b == "cuda":
+        check_param_dtypes(x, weight, bias, b)
         _need_cuda(x, weight)
     seq = seq_idx.to(torch.int32) if seq_idx is not None else None
-    return CausalConv1dFn.apply(x, weight.contiguous(), bias.contiguous() if bias is not None else None, seq,
-                                silu, b)
+    return _conv_fwd_op(x, weight.contiguous(), bias.contiguous() if bias is not None else None, seq, silu, b)

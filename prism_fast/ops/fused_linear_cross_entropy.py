@@ -12,17 +12,20 @@ Backends (see _lm_head_chunks.py for the chunk loop and its memory math):
   "inductor" the torch chunk loop with its row math compiled by torch.compile (one fused kernel per chunk reading
   the 16-bit logits; what the trainer uses when parallel.compile=True). Same results as "torch" to ~1e-6.
   "liger"  Liger-Kernel's LigerFusedLinearCrossEntropyLoss when installed.
+The chunk loop is the custom op prism::fused_linear_cross_entropy_fwd (+ _bwd for reduction="none"), with fake
+impls and registered autograd, so a compiled model keeps the loss as one graph node.
 Gradients: for mean/sum they are computed during forward (Liger-style: dlogits of a chunk are consumed by the two
-gradient GEMMs right away, so backward only scales dH/dW by the upstream scalar and the 3 GEMMs of the unfused op
-are all that run). For reduction="none" the upstream gradient differs per token, so backward recomputes each
+gradient GEMMs right away, so backward only scales dH/dW by the upstream scalar (out of place: one transient copy
+of each) and the 3 GEMMs of the unfused op are all that run). For reduction="none" the upstream gradient differs per token, so backward recomputes each
 chunk's logits (one extra GEMM). Under torch.no_grad() (evaluation) no gradient work is done.
 Compute dtype is weight.dtype (hidden is cast chunk by chunk); dW accumulates across chunks in fp32.
 The weight must be a plain tensor: under FSDP2 call the op inside the model's forward (docs/fused_loss.md).
 """
 from __future__ import annotations
 
+from typing import Optional  # custom_op schema inference
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from prism_fast.ops._dispatch import has_module, resolve, triton_usable
 from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
@@ -173,55 +176,86 @@ def _flce_chunks(hidden, weight, labels, *, impl, ignore_index, logit_scale, z_l
     return loss, dh, dw
 
 
-class FusedLinearCrossEntropyFn(torch.autograd.Function):
-    """loss, per_token = f(hidden [N, D], weight [V, D], labels [N]); per_token is non-differentiable."""
+# The chunk loop as torch custom ops (fake impls + registered autograd): torch.compile keeps the loss as one opaque
+# node (fullgraph=True), the chunk loop and its data-dependent buffers stay eager inside.
 
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, ignore_index, reduction, logit_scale, z_loss, impl, chunk_size):
-        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        kw = dict(impl=impl, ignore_index=ignore_index, logit_scale=logit_scale, z_loss=z_loss,
-                  chunk_size=chunk_size)
-        ctx.reduction, ctx.kw, ctx.hidden_dtype, ctx.weight_dtype = reduction, kw, hidden.dtype, weight.dtype
+@torch.library.custom_op("prism::fused_linear_cross_entropy_fwd", mutates_args=())
+def _flce_fwd_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, reduction: str,
+                 logit_scale: float, z_loss: float, impl: str, chunk_size: Optional[int], need_dh: bool,
+                 need_dw: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss: [] for mean/sum, [N] for none; per-token loss [N]; dH [N, D] and dW [V, D] in weight's dtype for a
+    unit upstream gradient, mean/sum only, else empty). All losses fp32."""
+    kw = dict(impl=impl, ignore_index=ignore_index, logit_scale=logit_scale, z_loss=z_loss, chunk_size=chunk_size)
+    empty = lambda: hidden.new_empty(0, dtype=weight.dtype)  # noqa: E731  (outputs must not alias each other)
+    if reduction == "none" or not (need_dh or need_dw):
+        loss_tok, _, _ = _flce_chunks(hidden, weight, labels, grad=None, need_dh=False, need_dw=False, **kw)
         if reduction == "none":
-            loss_tok, _, _ = _flce_chunks(hidden, weight, labels, grad=None, need_dh=False, need_dw=False, **kw)
-            ctx.save_for_backward(hidden, weight, labels)
-            ctx.mark_non_differentiable(loss_tok)
-            return loss_tok.clone(), loss_tok
-        if reduction == "mean":
-            g = 1.0 / (labels != ignore_index).sum().clamp(min=1).float().reshape(1)     # on device: no sync
-        else:
-            g = torch.ones(1, dtype=torch.float32, device=hidden.device)
-        loss_tok, dh, dw = _flce_chunks(hidden, weight, labels, grad=g, need_dh=need_dh, need_dw=need_dw, **kw)
-        # Keep dW in the weight's dtype between forward and backward (half the memory of the fp32 buffer).
-        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
-        ctx.consumed = False
-        ctx.mark_non_differentiable(loss_tok)
-        return (loss_tok.sum() * g).reshape(()), loss_tok
+            return loss_tok.clone(), loss_tok, empty(), empty()
+        denom = (labels != ignore_index).sum().clamp(min=1) if reduction == "mean" else 1
+        return (loss_tok.sum() / denom).reshape(()), loss_tok, empty(), empty()
+    if reduction == "mean":
+        g = 1.0 / (labels != ignore_index).sum().clamp(min=1).float().reshape(1)         # on device: no sync
+    else:
+        g = torch.ones(1, dtype=torch.float32, device=hidden.device)
+    loss_tok, dh, dw = _flce_chunks(hidden, weight, labels, grad=g, need_dh=need_dh, need_dw=need_dw, **kw)
+    # dW is kept in the weight's dtype between forward and backward (half the memory of the fp32 accumulator).
+    return ((loss_tok.sum() * g).reshape(()), loss_tok, dh if dh is not None else empty(),
+            dw.to(weight.dtype) if dw is not None else empty())
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_loss, _g_tok):
-        if ctx.reduction == "none":
-            hidden, weight, labels = ctx.saved_tensors
-            _, dh, dw = _flce_chunks(hidden, weight, labels, grad=g_loss.float().contiguous(),
-                                     need_dh=ctx.needs_input_grad[0], need_dw=ctx.needs_input_grad[1], **ctx.kw)
-        else:
-            if ctx.consumed:
-                raise RuntimeError("fused_linear_cross_entropy: mean/sum gradients are computed in forward and "
-                                   "scaled in place in backward; backward through the same graph twice "
-                                   "(retain_graph=True) is not supported. Recompute the loss instead.")
-            ctx.consumed = True
-            dh, dw = ctx.saved_tensors
-            # In place: these buffers are ours and used once (the consumed flag above guards a second use).
-            # g_loss stays fp32 (a 0-dim tensor does not change the result dtype): 1/grad_accum_steps or
-            # 1/global_tokens must not be rounded to bf16 before scaling.
-            if dh is not None:
-                dh.mul_(g_loss)
-            if dw is not None:
-                dw.mul_(g_loss)
-        dh = None if dh is None else dh.to(ctx.hidden_dtype)
-        dw = None if dw is None else dw.to(ctx.weight_dtype)
-        return dh, dw, None, None, None, None, None, None, None
+
+@_flce_fwd_op.register_fake
+def _(hidden, weight, labels, ignore_index, reduction, logit_scale, z_loss, impl, chunk_size, need_dh, need_dw):
+    n = hidden.shape[0]
+    grads = reduction != "none" and (need_dh or need_dw)
+    f32 = dict(dtype=torch.float32)
+    return (hidden.new_empty((n,) if reduction == "none" else (), **f32), hidden.new_empty((n,), **f32),
+            hidden.new_empty(hidden.shape if grads and need_dh else (0,), dtype=weight.dtype),
+            hidden.new_empty(weight.shape if grads and need_dw else (0,), dtype=weight.dtype))
+
+
+@torch.library.custom_op("prism::fused_linear_cross_entropy_bwd", mutates_args=())
+def _flce_bwd_op(grad: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                 ignore_index: int, logit_scale: float, z_loss: float, impl: str, chunk_size: Optional[int],
+                 need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """reduction="none" backward: recompute each chunk's logits; grad [N] fp32 -> (dH like hidden, dW like
+    weight; empty where not needed)."""
+    _, dh, dw = _flce_chunks(hidden, weight, labels, grad=grad, need_dh=need_dh, need_dw=need_dw, impl=impl,
+                             ignore_index=ignore_index, logit_scale=logit_scale, z_loss=z_loss, chunk_size=chunk_size)
+    return (dh.to(hidden.dtype) if dh is not None else hidden.new_empty(0),
+            dw.to(weight.dtype) if dw is not None else weight.new_empty(0))
+
+
+@_flce_bwd_op.register_fake
+def _(grad, hidden, weight, labels, ignore_index, logit_scale, z_loss, impl, chunk_size, need_dh, need_dw):
+    return (hidden.new_empty(hidden.shape if need_dh else (0,)), weight.new_empty(weight.shape if need_dw else (0,)))
+
+
+def _flce_setup_context(ctx, inputs, output):
+    hidden, weight, labels, ignore_index, reduction, logit_scale, z_loss, impl, chunk_size, need_dh, need_dw = inputs
+    ctx.reduction, ctx.need = reduction, (need_dh, need_dw)
+    ctx.dtypes = (hidden.dtype, weight.dtype)
+    ctx.kw = (ignore_index, logit_scale, z_loss, impl, chunk_size)
+    if reduction == "none":
+        ctx.save_for_backward(hidden, weight, labels)
+    else:
+        ctx.save_for_backward(output[2], output[3])
+
+
+def _flce_backward(ctx, g_loss, _g_tok, _g_dh, _g_dw):
+    need_dh, need_dw = ctx.need
+    if ctx.reduction == "none":
+        hidden, weight, labels = ctx.saved_tensors
+        dh, dw = _flce_bwd_op(g_loss.float().contiguous(), hidden, weight, labels, *ctx.kw, need_dh, need_dw)
+    else:
+        # The gradients were formed in forward for a unit upstream gradient; scale them (out of place, so a
+        # retain_graph second backward stays correct). g_loss is kept fp32: 1/grad_accum or 1/global_tokens must
+        # not be rounded to bf16 before scaling.
+        dh, dw = ctx.saved_tensors
+        dh, dw = (dh * g_loss).to(ctx.dtypes[0]), (dw * g_loss).to(ctx.dtypes[1])
+    return (dh if need_dh else None, dw if need_dw else None, *([None] * 9))
+
+
+_flce_fwd_op.register_autograd(_flce_backward, setup_context=_flce_setup_context)
 
 
 def _liger(hidden, weight, labels, *, ignore_index, reduction, logit_scale, z_loss, return_per_token):
@@ -274,15 +308,10 @@ def fused_linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, red
                                 "fused_linear_cross_entropy: labels must be in [0, V) or ignore_index")
         kw = dict(impl=b, ignore_index=ignore_index, logit_scale=float(logit_scale), z_loss=float(z_loss),
                   chunk_size=chunk_size)
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            loss, per_tok = FusedLinearCrossEntropyFn.apply(h2, weight, y, ignore_index, reduction,
-                                                            kw["logit_scale"], kw["z_loss"], b, chunk_size)
-        else:
-            per_tok, _, _ = _flce_chunks(h2, weight, y, grad=None, need_dh=False, need_dw=False, **kw)
-            if reduction == "mean":
-                loss = per_tok.sum() / (y != ignore_index).sum().clamp(min=1)
-            else:
-                loss = per_tok.sum() if reduction == "sum" else per_tok
+        grad_on = torch.is_grad_enabled()
+        loss, per_tok, _, _ = _flce_fwd_op(h2, weight, y, int(ignore_index), reduction, kw["logit_scale"],
+                                           kw["z_loss"], b, chunk_size, grad_on and h2.requires_grad,
+                                           grad_on and weight.requires_grad)
     if reduction == "none":
         loss = loss.reshape(lead_shape)
     if return_per_token:

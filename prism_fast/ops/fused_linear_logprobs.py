@@ -9,14 +9,15 @@ row kernels of prism_fast.kernels.fused_linear_logprobs); `auto` = triton on CUD
 Memory: one [C, V] logits chunk at a time (see _lm_head_chunks.py). Forward keeps only lse [N] and entropy [N];
 backward recomputes each chunk's logits (RL weights each token by its own upstream gradient, so the gradients
 cannot be formed in forward as the CE mean/sum path does): 4 GEMMs per chunk for forward + backward, vs 3 unfused.
+Both loops are custom ops (prism::fused_linear_logprobs_fwd / _bwd: fake impls, registered autograd).
 Rows are chunked on the host, so N = 65,536 and beyond never meets a launch-grid limit (grid = chunk rows).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional  # custom_op schema inference
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from prism_fast.ops._dispatch import resolve, triton_usable
 from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
@@ -128,29 +129,59 @@ def _fllp_bwd(hidden, weight, tokens, lse, ent, g_logp, g_ent, *, impl, inv_temp
     return dh, dw
 
 
-class FusedLinearLogprobsFn(torch.autograd.Function):
-    """(logp [N], entropy [N] or None) = f(hidden [N, D], weight [V, D], tokens [N])."""
+# The chunk loops as torch custom ops (fake impls + registered autograd): torch.compile keeps them as opaque nodes.
 
-    @staticmethod
-    def forward(ctx, hidden, weight, tokens, inv_temperature, return_entropy, impl, chunk_size):
-        logp, ent, lse = _fllp_fwd(hidden, weight, tokens, impl=impl, inv_temperature=inv_temperature,
-                                   return_entropy=return_entropy, chunk_size=chunk_size)
-        ctx.save_for_backward(hidden, weight, tokens, lse, ent)
-        ctx.kw = dict(impl=impl, inv_temperature=inv_temperature, chunk_size=chunk_size)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        return logp, ent
+@torch.library.custom_op("prism::fused_linear_logprobs_fwd", mutates_args=())
+def _fllp_fwd_op(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, inv_temperature: float,
+                 return_entropy: bool, impl: str,
+                 chunk_size: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logp [N], entropy [N] or empty, lse [N]), fp32."""
+    logp, ent, lse = _fllp_fwd(hidden, weight, tokens, impl=impl, inv_temperature=inv_temperature,
+                               return_entropy=return_entropy, chunk_size=chunk_size)
+    return logp, (ent if ent is not None else logp.new_empty(0)), lse
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_logp, g_ent):
-        hidden, weight, tokens, lse, ent = ctx.saved_tensors
-        g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float().contiguous()
-        g_ent = None if (ent is None or g_ent is None) else g_ent.float().contiguous()
-        dh, dw = _fllp_bwd(hidden, weight, tokens, lse, ent, g_logp, g_ent, need_dh=ctx.needs_input_grad[0],
-                           need_dw=ctx.needs_input_grad[1], **ctx.kw)
-        dh = None if dh is None else dh.to(ctx.dtypes[0])
-        dw = None if dw is None else dw.to(ctx.dtypes[1])
-        return dh, dw, None, None, None, None, None
+
+@_fllp_fwd_op.register_fake
+def _(hidden, weight, tokens, inv_temperature, return_entropy, impl, chunk_size):
+    n = hidden.shape[0]
+    f32 = dict(dtype=torch.float32)
+    return hidden.new_empty(n, **f32), hidden.new_empty(n if return_entropy else 0, **f32), hidden.new_empty(n, **f32)
+
+
+@torch.library.custom_op("prism::fused_linear_logprobs_bwd", mutates_args=())
+def _fllp_bwd_op(g_logp: torch.Tensor, g_ent: Optional[torch.Tensor], hidden: torch.Tensor, weight: torch.Tensor,
+                 tokens: torch.Tensor, lse: torch.Tensor, ent: torch.Tensor, inv_temperature: float, impl: str,
+                 chunk_size: Optional[int], need_dh: bool, need_dw: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dH like hidden, dW like weight; empty where not needed). g_ent None: no gradient through the entropy."""
+    dh, dw = _fllp_bwd(hidden, weight, tokens, lse, ent if g_ent is not None else None, g_logp, g_ent, impl=impl,
+                       inv_temperature=inv_temperature, need_dh=need_dh, need_dw=need_dw, chunk_size=chunk_size)
+    return (dh.to(hidden.dtype) if dh is not None else hidden.new_empty(0),
+            dw.to(weight.dtype) if dw is not None else weight.new_empty(0))
+
+
+@_fllp_bwd_op.register_fake
+def _(g_logp, g_ent, hidden, weight, tokens, lse, ent, inv_temperature, impl, chunk_size, need_dh, need_dw):
+    return (hidden.new_empty(hidden.shape if need_dh else (0,)), weight.new_empty(weight.shape if need_dw else (0,)))
+
+
+def _fllp_setup_context(ctx, inputs, output):
+    hidden, weight, tokens, inv_temperature, return_entropy, impl, chunk_size = inputs
+    _, ent, lse = output
+    ctx.save_for_backward(hidden, weight, tokens, lse, ent)
+    ctx.cfg = (inv_temperature, impl, chunk_size)
+    ctx.has_entropy = return_entropy
+
+
+def _fllp_backward(ctx, g_logp, g_ent, _g_lse):
+    hidden, weight, tokens, lse, ent = ctx.saved_tensors
+    need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    g_logp = torch.zeros_like(lse) if g_logp is None else g_logp.float().contiguous()
+    g_ent = g_ent.float().contiguous() if (ctx.has_entropy and g_ent is not None) else None
+    dh, dw = _fllp_bwd_op(g_logp, g_ent, hidden, weight, tokens, lse, ent, *ctx.cfg, need_dh, need_dw)
+    return (dh if need_dh else None, dw if need_dw else None, None, None, None, None, None)
+
+
+_fllp_fwd_op.register_autograd(_fllp_backward, setup_context=_fllp_setup_context)
 
 
 def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_entropy=False, backend="auto",
@@ -175,11 +206,7 @@ def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_ent
         torch._assert_async(((t >= 0) & (t < weight.shape[0])).all(),
                             "fused_linear_logprobs: tokens must be in [0, V)")
     inv_t = 1.0 / float(temperature)
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        logp, ent = FusedLinearLogprobsFn.apply(h2, weight, t, inv_t, return_entropy, b, chunk_size)
-    else:
-        logp, ent, _ = _fllp_fwd(h2, weight, t, impl=b, inv_temperature=inv_t, return_entropy=return_entropy,
-                                 chunk_size=chunk_size)
+    logp, ent, _ = _fllp_fwd_op(h2, weight, t, inv_t, bool(return_entropy), b, chunk_size)
     logp = logp.reshape(lead_shape)
     if not return_entropy:
         return logp

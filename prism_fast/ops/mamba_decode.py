@@ -16,8 +16,13 @@ Shapes (B batch, C conv channels, W conv width, H heads, P head dim, G groups, N
 Note: unlike transformers' torch fallback (which skips dt_limit when decoding) the limit is applied here too, so
 decoding matches the chunked forward also for Nemotron-H, whose limit is (time_step_min, inf).
 Computation is fp32 in the same operation order as ops.ssd_scan_naive.
+mamba_decode_step is the custom op `prism::mamba_decode_step` (mutates conv_state and ssm_state, fake impl for
+torch.compile). It has no autograd formula: torch.library refuses one for a mutating op, and decoding runs
+under no_grad (a gradient through an in-place cache update is not something any caller wants).
 """
 from __future__ import annotations
+
+from typing import Optional  # custom_op schema inference
 
 import torch
 import torch.nn.functional as F
@@ -135,14 +140,43 @@ def mamba_decode_step_ref(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias
                         dt_softplus=dt_softplus, dt_limit=dt_limit, activation=activation)
 
 
+@torch.library.custom_op("prism::mamba_decode_step", mutates_args=("conv_state", "ssm_state"))
+def _mamba_decode_step_op(xBC: torch.Tensor, dt: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
+                          conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], A: torch.Tensor,
+                          D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+                          n_groups: int, dt_softplus: bool, dt_min: float, dt_max: float, silu: bool,
+                          conv_backend: str, ssd_backend: str) -> torch.Tensor:
+    """The composition of the two public ops with explicit backends; returns y [B, H, P]."""
+    conv = lambda *a, **k: causal_conv1d_update(*a, **k, backend=conv_backend)  # noqa: E731
+    ssd = lambda *a, **k: ssd_state_update(*a, **k, backend=ssd_backend)  # noqa: E731
+    return _decode_step(conv, ssd, xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, n_groups=n_groups,
+                        D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
+                        activation="silu" if silu else None)
+
+
+@_mamba_decode_step_op.register_fake
+def _(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, z, dt_bias, n_groups, dt_softplus, dt_min,
+      dt_max, silu, conv_backend, ssd_backend):
+    Bsz, H, P = xBC.shape[0], ssm_state.shape[1], ssm_state.shape[2]
+    return xBC.new_empty((Bsz, H, P))
+
+
 def mamba_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, *, n_groups, D=None, z=None,
                       dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")), activation="silu",
-                      backend="auto"):
-    """One Mamba2 decode step (see mamba_decode_step_ref). "torch" composes the two public ops (each with its
-    own auto dispatch); a fused backend may replace the composition."""
-    b = resolve("mamba_decode_step", backend, _VALID, ["torch"])
-    if b == "torch":
-        return _decode_step(causal_conv1d_update, ssd_state_update, xBC, dt, conv_state, ssm_state, conv_weight,
-                            conv_bias, A, n_groups=n_groups, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-                            dt_limit=dt_limit, activation=activation)
-    raise RuntimeError(f"mamba_decode_step: backend {b!r} is not available in this build")
+                      backend="auto", conv_backend="auto", ssd_backend="auto"):
+    """One Mamba2 decode step (see mamba_decode_step_ref) as the custom op prism::mamba_decode_step.
+    conv_backend / ssd_backend: the backends of causal_conv1d_update / ssd_state_update (the model passes its
+    kernels.conv1d_update / kernels.ssd_update). backend: "torch" (the composition; the only one so far) or
+    "auto"."""
+    resolve("mamba_decode_step", backend, _VALID, ["torch"])
+    silu = activation in ("silu", "swish")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"mamba_decode_step: activation must be None or 'silu', got {activation!r}")
+    if conv_backend == "auto":
+        conv_backend = ("cuda" if xBC.is_cuda and conv_state.dtype == xBC.dtype and cuda_lib_usable()
+                        else "torch")
+    if ssd_backend == "auto":
+        ssd_backend = "triton" if xBC.is_cuda and triton_usable("cuda") else "torch"
+    return _mamba_decode_step_op(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, z, dt_bias,
+                                 int(n_groups), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), silu,
+                                 conv_backend, ssd_backend)

@@ -136,6 +136,7 @@ def save_json(cfg, path: Path):
 from dataclasses import dataclass, field  # noqa: E402
 
 from prism_fast.distributed.parallelize import Config as _ParallelConfig  # noqa: E402
+from prism_fast.ops.kernel_choice import KernelConfig  # noqa: E402
 from prism_fast.train import checkpoint as _ckpt, lr_schedules as _sched, metrics as _metrics, optim as _optim  # noqa: E402,E501
 
 
@@ -184,6 +185,10 @@ class DataSection:
     """Packed rows per rank per micro step (rows are concatenated into one [1, B*L] packed row for the model)."""
     packing: str = "concat"
     """concat (concat-and-chunk with document masking) | bfd (best-fit-decreasing: long-context phase)."""
+    bfd_overlap: int = 0
+    """packing=bfd: documents longer than seq_len become chunks of seq_len overlapping by this many tokens."""
+    min_doc_tokens: int = 0
+    """packing=bfd: drop training documents shorter than this (long-context phase: short-document filtering)."""
     loss_mask_prompt: bool = False
     seed: int = 0
     val_every: int = 0
@@ -206,6 +211,10 @@ class DataSection:
             raise ValueError("data.micro_batch_size must be >= 1")
         if self.packing not in ("concat", "bfd"):
             raise ValueError(f"data.packing={self.packing!r}; use concat | bfd")
+        if (self.bfd_overlap or self.min_doc_tokens) and self.packing != "bfd":
+            raise ValueError("data.bfd_overlap / data.min_doc_tokens need --data.packing=bfd")
+        if not 0 <= self.bfd_overlap < self.seq_len:
+            raise ValueError(f"data.bfd_overlap={self.bfd_overlap} must be in [0, data.seq_len={self.seq_len})")
 
     def check_files(self):
         if self.mixture == "default":
@@ -244,6 +253,9 @@ class TrainSection:
     dist_timeout_s: int = 1800
     """Process-group timeout: a collective waiting longer than this for a hung or dead rank fails (one line,
     exit 1) instead of hanging. torchrun stops the other ranks as soon as one dies; this covers hung ranks."""
+    trainable: str = "all"
+    """all | attention (the paper's attention-only long-context variant: only the attention projections train;
+    frozen parameters get no gradients and no optimizer state)."""
     keep_host_memory: bool = True
     """CPU runs: keep freed host memory for reuse instead of returning it to the kernel (glibc mallopt; see
     train/host_allocator.py). Saves the page faults of re-allocating MB-sized tensors every step; RSS stays at
@@ -256,6 +268,8 @@ class TrainSection:
             raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s} must be >= 1 (seconds)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device={self.device!r}; use auto | cpu | cuda")
+        if self.trainable not in ("all", "attention"):
+            raise ValueError(f"train.trainable={self.trainable!r}; use all | attention")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -267,6 +281,9 @@ class JobConfig:
     optim: _optim.Config = field(default_factory=_optim.Config)
     schedule: _sched.Config = field(default_factory=_sched.Config)
     parallel: _ParallelConfig = field(default_factory=_ParallelConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    """Kernel backend per op ("auto" or a name; ops/kernel_choice.py). Resolved once at model build; the run's
+    config.json records the resolved names."""
     checkpoint: _ckpt.Config = field(default_factory=_ckpt.Config)
     metrics: _metrics.Config = field(default_factory=_metrics.Config)
 
@@ -281,10 +298,11 @@ class JobConfig:
         self.model.check_files()
         self.data.check_files()
         self.parallel.build(world_size)
-        return self.grad_accum(world_size)
+        return self.grad_accum(world_size // self.parallel.cp)
 
     def grad_accum(self, world_size: int) -> int:
-        """Micro steps per optimizer step; ValueError naming the fix when the batch does not divide."""
+        """Micro steps per optimizer step; ValueError naming the fix when the batch does not divide.
+        world_size: the data-parallel ranks (context-parallel ranks share rows)."""
         per_micro = self.data.micro_batch_size * world_size
         if self.train.global_batch_size % per_micro:
             ok = [k * per_micro for k in range(1, 4)]

@@ -19,6 +19,7 @@ import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from prism_fast.distributed import ParallelConfig, ParallelDims, parallelize_model
+from prism_fast.distributed.fsdp import to_dtype
 from prism_fast.models import ModelConfig, build_model, tiny_config
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,12 @@ def load_into_sharded(model: torch.nn.Module, tensors: Iterable[tuple[str, torch
     return len(loaded)
 
 
-def build_parallel_model(section, pcfg: ParallelConfig, dims: ParallelDims, device: torch.device):
-    """Returns (model, model_config, tokenizer_path). The model is parallelized and holds the loaded weights."""
+def build_parallel_model(section, pcfg: ParallelConfig, dims: ParallelDims, device: torch.device, kernels=None):
+    """Returns (model, model_config, tokenizer_path). The model is parallelized and holds the loaded weights.
+
+    kernels (ops.KernelConfig / dict / None = auto) is resolved for `device`, the FSDP compute dtype, compile and
+    FP8 (detected from the swapped linears) right after parallelize, before any weight is loaded, so an invalid
+    choice fails fast; the result is `model.kernels`."""
     cfg, tensors, tok_path = model_source(section)
     if tensors is None:  # random init: same on all ranks, on CPU, then sharded
         torch.manual_seed(section.init_seed)
@@ -96,6 +101,7 @@ def build_parallel_model(section, pcfg: ParallelConfig, dims: ParallelDims, devi
         tensors = list(full.state_dict().items())
     model = build_model(cfg, device="meta")
     info = parallelize_model(model, dims, pcfg, device.type)
+    model.configure_kernels(kernels, device=device, dtype=to_dtype(pcfg.param_dtype), compile=pcfg.compile)
     model.to_empty(device=device)
     model.tie_weights() if not isinstance(model.lm_head.weight, DTensor) else None
     n = load_into_sharded(model, tensors)

@@ -26,7 +26,9 @@ import torch
 import torch.distributed as dist
 
 from prism_fast.distributed import destroy_distributed, init_distributed
-from prism_fast.distributed.fp8 import fp8_autocast_ctx
+from prism_fast.distributed.context_parallel import ContextParallel
+from prism_fast.distributed.fp8 import fp8_autocast_ctx, fp8_flop_share, mixed_peak_flops
+from prism_fast.ops.kernel_choice import replace_kernels
 from prism_fast.entry import UserError
 from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
@@ -34,6 +36,7 @@ from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
 from prism_fast.train.host_allocator import keep_freed_host_memory
 from prism_fast.train.model_init import build_parallel_model
+from prism_fast.train.optim import set_trainable
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -71,14 +74,23 @@ class Trainer:
             save_json(cfg, self.run_dir / "config.json")
         torch.manual_seed(tc.seed + self.rank)
 
-        self.model, self.model_cfg, tok_path = build_parallel_model(cfg.model, cfg.parallel, self.dims, self.device)
+        self.model, self.model_cfg, tok_path = build_parallel_model(cfg.model, cfg.parallel, self.dims, self.device,
+                                                                    kernels=cfg.kernels)
+        if self.rank == 0:  # the run's config records the resolved kernel names, never "auto"
+            save_json(replace_kernels(cfg, self.model.kernels), self.run_dir / "config.json")
+            print(self.model.kernels.describe(), flush=True)
         if cfg.data.seq_len > self.model_cfg.max_position_embeddings:
             raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings="
                              f"{self.model_cfg.max_position_embeddings}; lower --data.seq_len")
+        # Context parallelism: the cp ranks of one data-parallel rank read the same rows and each keeps its chunks.
+        self.cp = ContextParallel(self.dims.cp_mesh(), self.device) if self.dims.cp > 1 else None
+        self.trainable = set_trainable(self.model, tc.trainable)
         self.optimizer = cfg.optim.build(self.model)
         self.schedule = cfg.schedule.build(tc.steps)
         self.data = data_setup.build(cfg.data, tokenizer_path=tok_path, rank=self.rank, world_size=self.world_size,
-                                     vocab_size=self.model_cfg.vocab_size)
+                                     vocab_size=self.model_cfg.vocab_size,
+                                     data_rank=self.dims.data_parallel_rank(self.rank),
+                                     data_world_size=self.dims.data_parallel_size)
         self.domains = list(self.data.domains)
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, rank=self.rank, world_size=self.world_size,
                                          model_hf_config=self.model_cfg.hf_config or None, control_group=self.cpu_group)
@@ -93,7 +105,9 @@ class Trainer:
         self.data_iter = iter(self.data.loader)
         self.tokens_per_step = tc.global_batch_size * cfg.data.seq_len
         self.flops_per_token = self.model.flops_per_token(cfg.data.seq_len)
-        self.peak_flops = peak_flops(self.device, cfg.metrics.peak_tflops, cfg.parallel.fp8)
+        self.peak_flops = peak_flops(self.device, cfg.metrics.peak_tflops)
+        if self.peak_flops and cfg.parallel.fp8:  # only the swapped block linears run at the FP8 peak
+            self.peak_flops = mixed_peak_flops(self.peak_flops, fp8_flop_share(self.model, cfg.data.seq_len))
         self.metrics = MetricsLogger(cfg.metrics, self.run_dir, rank=self.rank, total_steps=tc.steps,
                                      start_step=self.step)
         self._preempted = False
@@ -165,8 +179,8 @@ class Trainer:
         """One micro step. Returns this rank's summed token loss (detached, fp32 device scalar)."""
         with fp8_autocast_ctx(self.cfg.parallel.fp8):
             loss_sum, per_tok = self.model(mb["input_ids"], position_ids=mb["position_ids"],
-                                           cu_seqlens=mb["cu_seqlens"], labels=mb["labels"], loss_reduction="sum",
-                                           return_per_token=True)
+                                           cu_seqlens=mb.get("cu_seqlens"), labels=mb["labels"], loss_reduction="sum",
+                                           return_per_token=True, cp=mb.get("cp"))
         if self.step + 1 in _TEST_NAN_STEPS:
             loss_sum = loss_sum * float("nan")
         scale = self.model.loss_scale_for_fsdp  # 1.0 unless FSDP can only average (older torch)
@@ -233,8 +247,8 @@ class Trainer:
         sums = torch.zeros(2 * n, device=self.device, dtype=torch.float64)
         for batch in self.data.val_loader:
             mb = self._to_device(batch)
-            _, per_tok = self.model(mb["input_ids"], position_ids=mb["position_ids"], cu_seqlens=mb["cu_seqlens"],
-                                    labels=mb["labels"], loss_reduction="sum", return_per_token=True)
+            _, per_tok = self.model(mb["input_ids"], position_ids=mb["position_ids"], cu_seqlens=mb.get("cu_seqlens"),
+                                    labels=mb["labels"], loss_reduction="sum", return_per_token=True, cp=mb.get("cp"))
             dom = mb["domain_ids"].reshape(-1)
             valid = (mb["labels"].reshape(-1) != IGNORE).to(torch.float64)
             sums[:n].scatter_add_(0, dom, per_tok.reshape(-1).double() * valid)
@@ -272,8 +286,13 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
-        out = {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return data_setup.as_packed_row(out)
+        batch = data_setup.as_packed_row(batch)
+        if self.cp is not None:  # on the host: this rank's two chunks + the attention plan (no device sync)
+            batch = self.cp.shard(batch)
+        # cu_seqlens stays on the host: the model validates it and reads the longest document there (no
+        # device-to-host sync per micro step), then copies it to the device asynchronously.
+        return {k: v.to(self.device, non_blocking=nb) if torch.is_tensor(v) and k != "cu_seqlens" else v
+                for k, v in batch.items()}
 
     def summary(self) -> str:
         r, lines = self.last_record, [f"mid-training finished at step {self.step} ({self.world_size} rank(s))"]
@@ -301,3 +320,4 @@ class Trainer:
             destroy_distributed()
         elif dist.is_initialized():
             dist.destroy_process_group()
+

@@ -225,12 +225,12 @@ def test_mixer_with_triton_ssd_backend():
     seq_idx = seq_idx_from_cu_seqlens(torch.tensor([0, 9, 10, 37], dtype=torch.int32), 37)
     outs, caches = [], []
     for backend in ("torch", "triton"):
-        with ops.override_backend("ssd_chunk_scan", backend):
-            y = m(x, seq_idx=seq_idx)
-            outs.append((y, *torch.autograd.grad(y.square().sum(), (x, m.A_log, m.dt_bias, m.D))))
-            caches.append(m.new_cache(1))
-            with torch.no_grad():
-                m(x[:, :20], cache=caches[-1])
+        m.use_kernels(ops.resolve_kernels({"ssd": backend}))
+        y = m(x, seq_idx=seq_idx)
+        outs.append((y, *torch.autograd.grad(y.square().sum(), (x, m.A_log, m.dt_bias, m.D))))
+        caches.append(m.new_cache(1))
+        with torch.no_grad():
+            m(x[:, :20], cache=caches[-1])
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(caches[1].ssm_state, caches[0].ssm_state, atol=1e-5, rtol=1e-5)

@@ -299,7 +299,6 @@ def test_model_packed_training_and_decoding_with_triton_backends():
     """A tiny Mistral (GQA 4/2, sliding window 7) through prism_fast.models: packed loss + every parameter grad with
     the Triton varlen kernels equal the torch backend, and cached decoding with the Triton decode kernel equals
     the torch decode path."""
-    from prism_fast import ops
     from tests.models.hf_twin import twin
     model, _ = twin("mistral")
     lens = [5, 1, 17, 9, 13]
@@ -309,12 +308,12 @@ def test_model_packed_training_and_decoding_with_triton_backends():
     res = {}
     for backend in ("torch", "triton"):
         model.zero_grad()
-        with ops.override_backend("varlen_attention", backend), ops.override_backend("decode_attention", backend):
-            loss = model(x, cu_seqlens=cu, labels=x)
-            loss.backward()
-            cache = model.new_cache(2, 16)
-            with torch.no_grad():
-                steps = [model(y[:, :4], cache=cache)] + [model(y[:, t:t + 1], cache=cache) for t in range(4, 12)]
+        model.configure_kernels({"attention": backend, "decode": backend})
+        loss = model(x, cu_seqlens=cu, labels=x)
+        loss.backward()
+        cache = model.new_cache(2, 16)
+        with torch.no_grad():
+            steps = [model(y[:, :4], cache=cache)] + [model(y[:, t:t + 1], cache=cache) for t in range(4, 12)]
         res[backend] = (loss.detach(), [p.grad.clone() for p in model.parameters()], torch.cat(steps, 1))
     (l0, g0, s0), (l1, g1, s1) = res["torch"], res["triton"]
     _assert_close("loss", l1, l0, 1e-5, 1e-5)

@@ -65,7 +65,7 @@ def test_compiled_blocks_fullgraph_same_loss_and_grads():
     comp = build_model(cfg)
     comp.load_state_dict(ref.state_dict())
     assert apply_compile(comp, fullgraph=True) == 2
-    comp.loss_backend = "inductor"
+    assert comp.configure_kernels(device="cpu", compile=True).loss == "inductor"
     ids = torch.randint(0, cfg.vocab_size, (1, 61))
     labels = torch.roll(ids, -1, 1)
     labels[0, [20, 60]] = -100
