@@ -4,7 +4,7 @@
 response), AdamW lr 5e-7 with linear decay (to 0), KL beta 0.05 (k3, in the loss) to a Polyak reference, token-level
 normalization, PPO clip 0.2 / 0.2, truncated IS C = 2.0, advantages (r - mean) / (std + eps) per group of 16,
 the think-format gate. Ours where the paper is silent: Polyak tau 0.05 every 10 steps, grad clip 1.0, zero-std
-groups dropped from the update, truncation / repetition penalties -0.5 / -0.1 (sizes unstated), full activation
+groups dropped from the update, truncation / repetition penalties 0.5 / 0.1 subtracted (sizes unstated), full activation
 checkpointing, bf16 compute with fp32 master weights, checkpoint every 50 steps.
 The policy starts from the mid-training export of the same model (runs/<name>/export, written by
 `torchrun -m prism_fast.midtrain --recipe <name>`); prompts from the difficulty filter (data/rl/unbalanced.jsonl:
@@ -27,7 +27,7 @@ def rl_paper_recipe(name: str, hf_id: str, *, prompts: str = "data/rl/unbalanced
         prompts=PromptSection(files=[prompts], max_prompt_tokens=PROMPT_TOKENS),
         rollout=RolloutSection(prompts_per_step=64, group_size=16, temperature=1.0, top_p=1.0,
                                max_new_tokens=CONTEXT - PROMPT_TOKENS, max_batch=256),
-        reward=RewardSection(require_think=True, timeout_s=10.0, truncation_penalty=-0.5, repetition_penalty=-0.1),
+        reward=RewardSection(require_think=True, timeout_s=10.0, truncation_penalty=0.5, repetition_penalty=0.1),
         loss=LossSection(variant="grpo", agg="token", eps_low=0.2, eps_high=0.2, kl_beta=0.05, kl_estimator="k3",
                          tis_cap=2.0, adv_scale="std"),
         ref=RefSection(tau=0.05, update_every=10),

@@ -88,7 +88,10 @@ class RewardSection:
     timeout_s: float = 10.0
     """Per-item wall-clock limit of a verifier (a timed-out item scores 0, reason 'timeout')."""
     truncation_penalty: float = 0.0
+    """Subtracted from the reward of a truncated response (a size >= 0; 0 = off)."""
     repetition_penalty: float = 0.0
+    """Subtracted times the share of repeated word n-grams (a size >= 0; 0 = off)."""
+    repetition_ngram: int = 3
     num_workers: int = 0
     """Verifier worker processes per rank (0 = the Rewarder's default)."""
 

@@ -81,11 +81,15 @@ class RLTrainer:
         self.domains = self.prompts.domains
         from prism_fast.inference import Engine  # noqa: PLC0415
         from prism_fast.rewards import Rewarder  # noqa: PLC0415
+        with torch.no_grad():
+            # FSDP2 initializes lazily at the first forward THROUGH THE ROOT; the engine drives the blocks itself,
+            # so without this a block would become its own FSDP root and the trainer's forward would then fail.
+            lp_mod.dummy_forward(self.model, self.device, 1.0)
         self.engine = Engine(self.model, max_batch=cfg.rollout.max_batch, tokenizer=self.tokenizer)
         rc = cfg.reward
         self.rewarder = Rewarder(num_workers=rc.num_workers or None, timeout_s=rc.timeout_s,
                                  require_think=rc.require_think, truncation_penalty=rc.truncation_penalty,
-                                 repetition_penalty=rc.repetition_penalty)
+                                 repetition_penalty=rc.repetition_penalty, repetition_ngram=rc.repetition_ngram)
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir, rank=self.rank, world_size=self.world_size,
                                          model_hf_config=self.model_cfg.hf_config or None,
                                          control_group=self.cpu_group)
