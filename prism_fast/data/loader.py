@@ -45,7 +45,8 @@ IGNORE_INDEX = -100
 class _SourceRows:
     """Row index of one source: row k -> list of (doc, start, length) segments of the training split."""
 
-    def __init__(self, shard, n_train: int, seq_len: int, packing: str, seed: int, src: int, overlap: int):
+    def __init__(self, shard, n_train: int, seq_len: int, packing: str, seed: int, src: int, overlap: int,
+                 min_doc_tokens: int = 0):
         self.shard, self.n_train, self.seq_len = shard, n_train, seq_len
         self.packing, self.seed, self.src = packing, seed, src
         self.lens = shard.doc_lens()[:n_train]
@@ -53,7 +54,12 @@ class _SourceRows:
             raise ValueError(f"{shard.path}: no training documents left after the validation split")
         self._lock = threading.Lock()
         if packing == "bfd":
-            self.bin_ptr, self.segs = bfd_index(self.lens, seq_len, overlap)
+            keep = np.flatnonzero(self.lens >= max(min_doc_tokens, 1))       # short-document filter
+            if len(keep) == 0:
+                raise ValueError(f"{shard.path}: no training document has >= {min_doc_tokens} tokens; lower "
+                                 f"data.min_doc_tokens")
+            self.bin_ptr, self.segs = bfd_index(self.lens[keep], seq_len, overlap)
+            self.segs[:, 0] = keep[self.segs[:, 0]]                                 # back to shard doc ids
             self.num_bins = len(self.bin_ptr) - 1
             self._bin_perm: dict[int, np.ndarray] = {}
         else:
@@ -102,7 +108,7 @@ class PackedDataset:
     (input_ids/labels/position_ids int64 [seq_len], seg_lens list, domain, source). See module docstring."""
 
     def __init__(self, mixture: Mixture, seq_len: int, *, packing: str = "concat", seed: int = 0,
-                 bfd_overlap: int = 0, loss_mask_prompt: bool = False):
+                 bfd_overlap: int = 0, loss_mask_prompt: bool = False, min_doc_tokens: int = 0):
         if packing not in PACKINGS:
             raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
         if seq_len < 2:
@@ -112,7 +118,10 @@ class PackedDataset:
         self.mixture, self.seq_len, self.packing, self.seed = mixture, seq_len, packing, seed
         self.loss_mask_prompt = loss_mask_prompt
         self.pad_id = mixture.eos_token_id
-        self.rows = [_SourceRows(s.shard(), mixture.split(i)[0], seq_len, packing, seed, i, bfd_overlap)
+        if min_doc_tokens and packing != "bfd":
+            raise ValueError("min_doc_tokens (short-document filtering) needs packing='bfd'")
+        self.rows = [_SourceRows(s.shard(), mixture.split(i)[0], seq_len, packing, seed, i, bfd_overlap,
+                                 min_doc_tokens)
                      for i, s in enumerate(mixture.sources)]
         self._lock = threading.Lock()
         self._src = np.zeros(0, dtype=np.int16)
@@ -283,9 +292,9 @@ class PackedLoader:
 def build_loader(mixture: Mixture, *, seq_len: int, micro_batch_size: int = 1, rank: int = 0,
                  world_size: int = 1, seed: int = 0, packing: str = "concat", bfd_overlap: int = 0,
                  prefetch: int = 2, loss_mask_prompt: bool = False,
-                 num_samples: int | None = None) -> PackedLoader:
+                 num_samples: int | None = None, min_doc_tokens: int = 0) -> PackedLoader:
     """Training loader over `mixture` for one rank (module docstring: batch layout, order, resume)."""
     ds = PackedDataset(mixture, seq_len, packing=packing, seed=seed, bfd_overlap=bfd_overlap,
-                       loss_mask_prompt=loss_mask_prompt)
+                       loss_mask_prompt=loss_mask_prompt, min_doc_tokens=min_doc_tokens)
     return PackedLoader(ds, micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
                         prefetch=prefetch, num_samples=num_samples)

@@ -44,7 +44,12 @@ def _tokenizer_for(section, model_tok: str | None) -> str:
     return str(smollm2_gguf_path())
 
 
-def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vocab_size: int) -> TrainData:
+def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vocab_size: int,
+          data_rank: int | None = None, data_world_size: int | None = None) -> TrainData:
+    """rank / world_size: this process in the job (rank 0 prepares the bundled corpus); data_rank /
+    data_world_size: its loader shard (context-parallel ranks of one row share it; default: rank / world_size)."""
+    data_rank = rank if data_rank is None else data_rank
+    data_world_size = world_size if data_world_size is None else data_world_size
     from prism_fast import data as pdata  # noqa: PLC0415
 
     tok = _tokenizer_for(section, tokenizer_path)
@@ -80,13 +85,15 @@ def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vo
     if meta_vocab and meta_vocab > vocab_size:
         raise ValueError(f"the data was tokenized with a vocabulary of {meta_vocab} tokens but the model has "
                          f"vocab_size={vocab_size}; use the model's tokenizer (--data.tokenizer) or a bigger model")
-    loader = pdata.build_loader(mix, seq_len=section.seq_len, micro_batch_size=section.micro_batch_size, rank=rank,
-                                world_size=world_size, seed=section.seed, packing=section.packing,
-                                loss_mask_prompt=section.loss_mask_prompt)
+    loader = pdata.build_loader(mix, seq_len=section.seq_len, micro_batch_size=section.micro_batch_size,
+                                rank=data_rank, world_size=data_world_size, seed=section.seed, packing=section.packing,
+                                loss_mask_prompt=section.loss_mask_prompt, bfd_overlap=section.bfd_overlap,
+                                min_doc_tokens=section.min_doc_tokens)
     val = None
     if section.val_batches > 0:
         val = pdata.build_val_loader(mix, seq_len=section.seq_len, micro_batch_size=section.micro_batch_size,
-                                     rank=rank, world_size=world_size, max_rows_per_domain=section.val_batches)
+                                     rank=data_rank, world_size=data_world_size,
+                                     max_rows_per_domain=section.val_batches)
     return TrainData(loader=loader, val_loader=val, domains=list(mix.domains), tokenizer_path=tok, mixture=mix)
 
 

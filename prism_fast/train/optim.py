@@ -43,6 +43,32 @@ class Config:
         return AdamW(model, self)
 
 
+TRAINABLE = ("all", "attention")
+
+
+def set_trainable(model: torch.nn.Module, mode: str = "all") -> dict:
+    """Freeze parameters for `train.trainable` (call after parallelize, before building the optimizer).
+
+    "attention": only the parameters of attention modules (q/k/v/o projections and their biases) keep
+    requires_grad; embeddings, LM head, norms, MLPs and Mamba mixers are frozen (the paper's attention-only
+    long-context variant). Frozen parameters get no gradient (FSDP2 reduce-scatters only what has grads) and no
+    AdamW state (param_groups skips them); checkpoints still hold every parameter. Returns counts for logging."""
+    if mode not in TRAINABLE:
+        raise ValueError(f"train.trainable={mode!r}; use one of {list(TRAINABLE)}")
+    from prism_fast.models.layers import Attention  # noqa: PLC0415 (optim is model-agnostic otherwise)
+    keep = None
+    if mode == "attention":
+        keep = {id(p) for m in model.modules() if isinstance(m, Attention) for p in m.parameters()}
+        if not keep:
+            raise ValueError("train.trainable=attention: the model has no attention layers; use --train.trainable=all")
+    n_train = n_frozen = 0
+    for p in model.parameters():
+        p.requires_grad_(keep is None or id(p) in keep)
+        n_train += p.numel() if p.requires_grad else 0
+        n_frozen += 0 if p.requires_grad else p.numel()
+    return {"mode": mode, "trainable_params": n_train, "frozen_params": n_frozen}
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_embeddings: bool = False):
     """Split trainable params into (decay, no_decay) groups; returns (groups, names_by_group) for logging."""
     emb_ids = set()
