@@ -61,6 +61,51 @@ def test_segment_attention_equals_full_varlen_attention(cp, window, heads):
         torch.testing.assert_close(ref, full[pos], atol=1e-6, rtol=1e-6)
 
 
+# ---------------------------------------------------------------- the long-context recipe and its data
+def test_lc_recipe_table17_prints_config_without_weights(tmp_path):
+    from prism_fast.recipes import get_recipe
+    from tests.train._runs import env
+    p = subprocess.run([sys.executable, "-m", "prism_fast.midtrain", "--recipe", "granite_3_3_8b_lc", "--print-config",
+                        "--train.trainable=attention"], cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    c = json.loads(p.stdout)
+    assert (c["train"]["steps"], c["optim"]["lr"], c["schedule"]["name"], c["schedule"]["warmup_steps"]) == \
+        (1000, 5e-5, "exponential", 100)
+    assert (c["parallel"]["cp"], c["parallel"]["dp_shard"], c["parallel"]["dp_replicate"], c["parallel"]["ac"]) == \
+        (4, 4, 9, "full")
+    assert (c["data"]["seq_len"], c["data"]["packing"], c["train"]["trainable"]) == (131072, "bfd", "attention")
+    assert c["data"]["min_doc_tokens"] > 0 and 0 < c["data"]["bfd_overlap"] < c["data"]["seq_len"]
+    model = tmp_path / "merged"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = get_recipe("granite_3_3_8b_lc")(model_path=str(model), data_root=str(tmp_path / "lc"))
+    for s in cfg.data.sources:
+        Path(s["path"]).mkdir(parents=True)
+    assert cfg.validate(144) == 1                               # 36 data-parallel ranks, one 128k row each
+    with pytest.raises(ValueError, match="x cp=4"):
+        cfg.validate(128)
+
+
+def test_bfd_short_document_filter_and_overlapping_chunks(tmp_path):
+    from prism_fast.data import Mixture, Source, build_loader
+    from tests.data.conftest import make_shard
+    make_shard(tmp_path / "lc", [5, 40, 3, 100, 17, 64])
+    mix = Mixture([Source(tmp_path / "lc", 1.0, "general")], val_fraction=0.0)
+    loader = build_loader(mix, seq_len=32, packing="bfd", bfd_overlap=8, min_doc_tokens=16, prefetch=0)
+    segs = loader.dataset.rows[0].segs                          # (doc, start, length) of every packed piece
+    assert {int(d) for d in segs[:, 0]} == {1, 3, 4, 5}, "documents shorter than 16 tokens are dropped"
+    for doc, n in ((1, 40), (3, 100), (5, 64)):                 # long documents: overlapping 32-token chunks
+        chunks = sorted((int(st), int(st + ln)) for d, st, ln in segs if d == doc)
+        assert chunks[0][0] == 0 and chunks[-1][1] == n, chunks
+        assert all(e1 - s2 >= 8 for (_, e1), (s2, _) in zip(chunks, chunks[1:])), f"chunks overlap: {chunks}"
+    assert all(int(ln) <= 32 for ln in segs[:, 2])
+    rows = [loader.batch_at(c) for c in range(4)]
+    assert all(r["input_ids"].shape == (1, 32) and int(r["cu_seqlens"][-1]) == 32 for r in rows)
+    with pytest.raises(ValueError, match="packing='bfd'"):
+        build_loader(mix, seq_len=32, packing="concat", min_doc_tokens=16)
+
+
 # ---------------------------------------------------------------- real process groups
 def _torchrun(nproc: int, *args: str, timeout: int = 240) -> dict:
     from tests.train._runs import env
