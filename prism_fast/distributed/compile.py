@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 
 
-def apply_compile(model: torch.nn.Module, *, fullgraph: bool = False, dynamic: bool | None = None) -> int:
-    """Compile every block of model.blocks in place; returns the number compiled."""
+def apply_compile(model: torch.nn.Module, *, fullgraph: bool = False, dynamic: bool | None = None,
+                  backend: str = "inductor") -> int:
+    """Compile every block of model.blocks in place; returns the number compiled (backend: torch.compile's, e.g.
+    "aot_eager" in tests)."""
     for block in model.blocks:
-        block.compile(fullgraph=fullgraph, dynamic=dynamic)
+        block.compile(fullgraph=fullgraph, dynamic=dynamic, backend=backend)
     return len(model.blocks)

@@ -40,3 +40,13 @@ def resolve(op: str, backend: str, valid: tuple[str, ...], auto_order: list[str]
     if backend not in valid:
         raise ValueError(f"{op}: unknown backend {backend!r}; valid backends are {list(valid)} or 'auto'")
     return backend
+
+
+# Probed once at import: the ops consult it inside torch.compile'd code, where tracing through has_module's
+# lru_cache makes dynamo warn.
+_TRITON_OK = {"cuda": triton_usable("cuda"), "cpu": triton_usable("cpu")}
+
+
+def triton_ok(device_type: str) -> bool:
+    """triton_usable(device_type), probed at import (compile-friendly)."""
+    return _TRITON_OK.get(device_type, False)

@@ -23,7 +23,7 @@ import functools
 from pathlib import Path
 from typing import Optional  # custom_op schema inference
 
-from prism_fast.ops._dispatch import has_module, resolve, triton_usable
+from prism_fast.ops._dispatch import has_module, resolve, triton_ok
 
 _VALID = ("torch", "triton", "cuda", "causal_conv1d")
 
@@ -251,7 +251,7 @@ def causal_conv1d(x, weight, bias=None, *, seq_idx=None, activation=None, backen
                          f"got {tuple(weight.shape)} (squeeze nn.Conv1d's [C, 1, W] weight)")
     auto = ["torch"]
     if x.is_cuda:
-        auto = (["cuda"] if cuda_lib_usable() else []) + (["triton"] if triton_usable("cuda") else []) + auto
+        auto = (["cuda"] if cuda_lib_usable() else []) + (["triton"] if triton_ok("cuda") else []) + auto
     b = resolve("causal_conv1d", backend, _VALID, auto)
     if b == "torch":
         return causal_conv1d_ref(x, weight, bias, seq_idx=seq_idx, activation=activation)
@@ -263,7 +263,7 @@ def causal_conv1d(x, weight, bias=None, *, seq_idx=None, activation=None, backen
                                 activation=activation)
     if not 2 <= weight.shape[1] <= 4:
         raise ValueError(f"causal_conv1d: backend {b!r} supports widths 2-4, got {weight.shape[1]}; use 'torch'")
-    if b == "triton" and not triton_usable(x.device.type):
+    if b == "triton" and not triton_ok(x.device.type):
         raise RuntimeError("causal_conv1d: backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 on CPU)")
     if b == "cuda":
         check_param_dtypes(x, weight, bias, b)

@@ -27,7 +27,7 @@ from typing import Optional  # custom_op schema inference
 
 import torch
 
-from prism_fast.ops._dispatch import has_module, resolve, triton_usable
+from prism_fast.ops._dispatch import has_module, resolve, triton_ok
 from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
                                             addmm_fp32_, chunk_rows, flatten_rows, plain_weight)
 
@@ -289,7 +289,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, red
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     weight = plain_weight(weight, "fused_linear_cross_entropy")
     on_cuda = hidden.is_cuda
-    auto = ["triton"] if on_cuda and triton_usable("cuda") else ["torch"]
+    auto = ["triton"] if on_cuda and triton_ok("cuda") else ["torch"]
     b = resolve("fused_linear_cross_entropy", backend, _VALID, auto)
     lead_shape = labels.shape
     h2, y = flatten_rows(hidden, weight, labels, "fused_linear_cross_entropy", "labels")
@@ -298,7 +298,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, *, ignore_index=-100, red
                      z_loss=z_loss, return_per_token=return_per_token)
         loss, per_tok = out if return_per_token else (out, None)
     else:
-        if b == "triton" and not triton_usable(hidden.device.type):
+        if b == "triton" and not triton_ok(hidden.device.type):
             raise RuntimeError("fused_linear_cross_entropy: backend 'triton' needs a CUDA tensor (or "
                                "TRITON_INTERPRET=1 for CPU tests); use backend='torch' on CPU")
         if b == "triton":

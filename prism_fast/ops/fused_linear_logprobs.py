@@ -19,7 +19,7 @@ from typing import Optional  # custom_op schema inference
 
 import torch
 
-from prism_fast.ops._dispatch import resolve, triton_usable
+from prism_fast.ops._dispatch import resolve, triton_ok
 from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
                                             addmm_fp32_, chunk_rows, flatten_rows, plain_weight)
 
@@ -194,9 +194,9 @@ def fused_linear_logprobs(hidden, weight, tokens, *, temperature=1.0, return_ent
     if not temperature > 0:
         raise ValueError(f"fused_linear_logprobs: temperature must be > 0, got {temperature}")
     weight = plain_weight(weight, "fused_linear_logprobs")
-    auto = ["triton"] if hidden.is_cuda and triton_usable("cuda") else ["torch"]
+    auto = ["triton"] if hidden.is_cuda and triton_ok("cuda") else ["torch"]
     b = resolve("fused_linear_logprobs", backend, _VALID, auto)
-    if b == "triton" and not triton_usable(hidden.device.type):
+    if b == "triton" and not triton_ok(hidden.device.type):
         raise RuntimeError("fused_linear_logprobs: backend 'triton' needs a CUDA tensor (or TRITON_INTERPRET=1 "
                            "for CPU tests); use backend='torch' on CPU")
     lead_shape = tokens.shape

@@ -27,7 +27,7 @@ from typing import Optional  # custom_op schema inference
 import torch
 import torch.nn.functional as F
 
-from prism_fast.ops._dispatch import resolve, triton_usable
+from prism_fast.ops._dispatch import resolve, triton_ok
 from prism_fast.ops.causal_conv1d import causal_conv1d_update_cuda, cuda_lib_usable
 from prism_fast.ops.ssd_chunk_scan import _prep_dt
 
@@ -102,13 +102,13 @@ def ssd_state_update(state, x, dt, A, B, C, *, D=None, z=None, dt_bias=None, dt_
 
     backend: "torch" (the reference) or "triton" (kernels/ssd_state_update.py: one pass over the state; auto on
     CUDA, or on CPU under TRITON_INTERPRET=1 when asked for explicitly)."""
-    auto = ["triton", "torch"] if x.is_cuda and triton_usable("cuda") else ["torch"]
+    auto = ["triton", "torch"] if x.is_cuda and triton_ok("cuda") else ["torch"]
     b = resolve("ssd_state_update", backend, _VALID, auto)
     if b == "torch":
         return ssd_state_update_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
                                     dt_limit=dt_limit)
     if b == "triton":
-        if not triton_usable(x.device.type):
+        if not triton_ok(x.device.type):
             raise RuntimeError("ssd_state_update: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
         if x.shape[1] % B.shape[1]:
             raise ValueError(f"ssd_state_update: heads ({x.shape[1]}) must be a multiple of groups ({B.shape[1]})")
@@ -176,7 +176,7 @@ def mamba_decode_step(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A,
         conv_backend = ("cuda" if xBC.is_cuda and conv_state.dtype == xBC.dtype and cuda_lib_usable()
                         else "torch")
     if ssd_backend == "auto":
-        ssd_backend = "triton" if xBC.is_cuda and triton_usable("cuda") else "torch"
+        ssd_backend = "triton" if xBC.is_cuda and triton_ok("cuda") else "torch"
     return _mamba_decode_step_op(xBC, dt, conv_state, ssm_state, conv_weight, conv_bias, A, D, z, dt_bias,
                                  int(n_groups), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), silu,
                                  conv_backend, ssd_backend)
