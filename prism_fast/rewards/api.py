@@ -107,7 +107,9 @@ class Rewarder:
         self._sandbox_request = sandbox or SandboxConfig(
             python=os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3"), hide=default_hide())
         self._sandbox: SandboxConfig | None = None
-        self._pool = WorkerPool(num_workers or default_num_workers(), grace_s=_grace_s)
+        self._num_workers = num_workers or default_num_workers()
+        self._pool: WorkerPool | None = None          # started by the first batch that needs a verifier
+        self._closed = False
         self._lock = threading.Lock()
         self._reset_counters()
 
@@ -116,6 +118,8 @@ class Rewarder:
         return self.submit(items).result()
 
     def submit(self, items: Iterable[RewardItem | dict]) -> RewardJob:
+        if self._closed:
+            raise RuntimeError("this Rewarder is closed; create a new one")
         items = [as_item(x, i) for i, x in enumerate(items)]
         job = RewardJob(len(items))
         tasks: list[Task] = []
@@ -132,7 +136,7 @@ class Rewarder:
         for pending in ready:
             self._finish_item(job, pending)
         if tasks:
-            self._pool.submit(tasks)
+            self._get_pool().submit(tasks)
         return job
 
     def counters(self, reset: bool = False) -> dict:
@@ -144,16 +148,19 @@ class Rewarder:
             c["n_timeout"] = self._reasons.get("timeout", 0)
             c["n_crash"] = self._reasons.get("crash", 0)
             c["mean_seconds"] = c.pop("sum_seconds") / max(1, c.pop("n_verified"))
-            c["worker_restarts"] = self._pool.restarts - self._restarts_at_reset
+            c["worker_restarts"] = self._restarts() - self._restarts_at_reset
             if reset:
                 self._reset_counters()
         return c
 
     def worker_pids(self) -> list[int]:
-        return self._pool.worker_pids()
+        """Pids of the current verifier processes (starts the pool if needed)."""
+        return self._get_pool().worker_pids()
 
     def close(self) -> None:
-        self._pool.close()
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
 
     def __enter__(self) -> Rewarder:
         return self
@@ -165,7 +172,18 @@ class Rewarder:
     def _reset_counters(self) -> None:
         self._counts = {"n_items": 0, "n_batches": 0, "all_failed_batches": 0, "sum_seconds": 0.0, "n_verified": 0}
         self._reasons: collections.Counter = collections.Counter()
-        self._restarts_at_reset = getattr(getattr(self, "_pool", None), "restarts", 0)
+        self._restarts_at_reset = self._restarts()
+
+    def _restarts(self) -> int:
+        return 0 if self._pool is None else self._pool.restarts
+
+    def _get_pool(self) -> WorkerPool:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this Rewarder is closed; create a new one")
+            if self._pool is None:
+                self._pool = WorkerPool(self._num_workers, grace_s=_grace_s)
+            return self._pool
 
     def _sandbox_config(self) -> SandboxConfig:
         if self._sandbox is None:
@@ -255,9 +273,7 @@ def score(items: Iterable[RewardItem | dict], *, timeout_s: float = 10.0, requir
           truncation_penalty: float = 0.0, repetition_penalty: float = 0.0,
           num_workers: int | None = None) -> list[RewardResult]:
     """Score a batch with a temporary pool (see Rewarder; keep a Rewarder to score many batches)."""
-    items = list(items)
-    if not items:
-        return []
+    items = [as_item(x, i) for i, x in enumerate(items)]       # bad input fails before any process starts
     with Rewarder(num_workers=num_workers, timeout_s=timeout_s, require_think=require_think,
                   truncation_penalty=truncation_penalty, repetition_penalty=repetition_penalty) as r:
         return r.score(items)

@@ -55,7 +55,7 @@ class SandboxConfig:
     """One of MODES; Rewarder fills in the strongest this machine allows (probe_mode)."""
     python: str = "/usr/bin/python3"
     """Interpreter for candidates (must be executable by an unprivileged uid)."""
-    memory_mb: int = 1024
+    memory_mb: int = 512
     """RLIMIT_AS of each candidate process (a memory bomb gets MemoryError)."""
     max_processes: int = 64
     """RLIMIT_NPROC for the sandbox uid (a fork bomb stalls at this many)."""

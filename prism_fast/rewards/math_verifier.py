@@ -46,5 +46,5 @@ def verify_math(answer: str, reference: str) -> tuple[float, str, str]:
 
 
 # Warm math-verify's lazily built LaTeX grammar and sympy caches once (~0.4 s). This module is preloaded by the
-# pool's forkserver, so every worker forked from it (replacements included) starts warm.
+# pool's zygote, so every worker forked from it (replacements included) starts warm.
 verify_math("\\boxed{\\frac{1}{2}}", "0.5")

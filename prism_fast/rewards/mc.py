@@ -4,13 +4,14 @@ Forms are tried by strength: `\\boxed{C}` (also `\\boxed{\\text{C}}`, `\\boxed{(
 ("Answer: C", "the answer is (C)", "**Answer:** C"), then a parenthesized "(C)", then an answer part that is only
 a letter ("C", "C.", "**C**"). Within the strongest form present the last occurrence wins, so "(A) and (B) are
 wrong, the answer is (C)" gives C and "Answer: C; (A) was tempting" still gives C. Letters A-J (GPQA uses A-D,
-MMLU-Pro up to J). Every pattern is linear (no nested quantifiers), so a hostile answer cannot stall it.
+MMLU-Pro up to J; "I" not when it reads as the pronoun). Every pattern is linear (no nested quantifiers), so a hostile answer cannot stall it.
 """
 from __future__ import annotations
 
 import re
 
-_L = r"([A-J])"
+# "I" is also the pronoun ("Answer: I am not sure", "I'm"): not a choice when a verb or an apostrophe follows.
+_L = r"([A-HJ]|I(?!'|\s+(?:am|think|believe|guess|would|will|was|have|can|cannot|do|don't|need)\b))"
 _FORMS = (
     re.compile(r"\\boxed\{\s*(?:\\text(?:bf)?\{\s*)?\(?" + _L + r"\)?\s*\}?\s*\}"),
     re.compile(r"(?i:answer)(?:\s+(?i:is))?\s*[:\-]?\s*\**\s*[:\-]?\s*\(?" + _L + r"\)?(?![A-Za-z0-9])"),

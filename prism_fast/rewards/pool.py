@@ -2,36 +2,40 @@
 
 Why not multiprocessing.Pool / concurrent.futures: neither can kill one stuck task. Here a dispatcher thread in
 the caller's process owns every worker, sends one task at a time to an idle one, and waits (one
-`multiprocessing.connection.wait` over the pipes, the process sentinels and a wake-up pipe) with a timeout equal
-to the nearest deadline. A worker still busy at `budget_s + grace` is SIGKILLed (its sandboxed children die with
-it: they hold PR_SET_PDEATHSIG), its task ends as "timeout", and a fresh worker takes its slot; a worker that dies
-on its own ends its task as "crash". Nothing here uses signals, so the caller may be any thread.
+`multiprocessing.connection.wait` over the worker connections and a wake-up pipe) with a timeout equal to the
+nearest deadline. A worker still busy at `budget_s + grace_s(budget_s)` is SIGKILLed (its sandboxed children die
+with it: they hold PR_SET_PDEATHSIG), its task ends as "timeout", and a fresh worker takes its slot; a worker
+whose connection hits EOF died on its own and its task ends as "crash". Nothing here uses signals, so the caller
+may be any thread.
 
-Workers come from the "forkserver" start method with prism_fast.rewards.worker preloaded: the forkserver imports
-math-verify and sympy once (~0.4 s), and each replacement is a cheap fork of it instead of a fresh interpreter,
-which keeps a batch full of hanging answers on time.
+Workers are forked by a zygote process (zygote.py) that imported and warmed math-verify once, so a replacement
+costs a fork (milliseconds) rather than a new interpreter (~0.5 s of imports), which keeps a batch full of
+hanging answers on time. Workers connect back over a Unix socket in a private (0700) directory and prove
+themselves with a random token.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import logging
-import multiprocessing as mp
 import multiprocessing.connection
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from prism_fast.rewards.worker import worker_main
+from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_WORKER_MODULE = "prism_fast.rewards.worker"
-# Preloaded by the forkserver; the caller's process itself never imports math-verify.
-_PRELOAD = [_WORKER_MODULE, "prism_fast.rewards.math_verifier"]
-_MAX_STARTUP_DEATHS = 3     # a worker that dies before finishing any task, this many times in a row: pool broken
+_MAX_STARTUP_DEATHS = 3     # a worker that dies before running any task, this many times in a row: pool broken
+_CONNECT_TIMEOUT_S = 120.0  # a new worker must connect back within this (generous: the zygote imports first)
 
 
 @dataclass(slots=True)
@@ -49,14 +53,13 @@ def _outcome(reason: str, detail: str, seconds: float) -> dict:
 
 @dataclass(slots=True)
 class _Slot:
-    proc: mp.process.BaseProcess
-    conn: mp.connection.Connection
+    pid: int
+    conn: multiprocessing.connection.Connection
     task: Task | None = None
     task_id: int = -1
     started: float = 0.0
     deadline: float = float("inf")
     served: int = 0
-    pids: list = field(default_factory=list)
 
 
 class WorkerPool:
@@ -65,10 +68,6 @@ class WorkerPool:
     def __init__(self, num_workers: int, *, grace_s: Callable[[float], float]):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        self._ctx = mp.get_context("forkserver")
-        # Takes effect when the forkserver starts (the first pool of this process); a forkserver started earlier
-        # by other code still works, replacements then import math-verify themselves.
-        self._ctx.set_forkserver_preload(_PRELOAD)
         self._grace_s = grace_s
         self._lock = threading.Lock()
         self._queue: collections.deque[Task] = collections.deque()
@@ -78,12 +77,17 @@ class WorkerPool:
         self._startup_deaths = 0
         self.restarts = 0
         self.started_pids: list[int] = []
+        self._start_zygote()
         self._wake_r, self._wake_w = os.pipe()
         self._slots = [self._new_slot() for _ in range(num_workers)]
         self._thread = threading.Thread(target=self._run, name="prism-reward-dispatch", daemon=True)
         self._thread.start()
 
     # ----------------------------------------------------------------------------------------------- public
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def submit(self, tasks: list[Task]) -> None:
         with self._lock:
             if self._closed:
@@ -97,11 +101,10 @@ class WorkerPool:
         self._wake()
 
     def worker_pids(self) -> list[int]:
-        with self._lock:
-            return [s.proc.pid for s in self._slots]
+        return [s.pid for s in self._slots]
 
     def close(self) -> None:
-        """Stop now: queued and running tasks end as "crash" ("pool closed"), workers exit or are killed."""
+        """Stop now: queued and running tasks end as "crash" ("pool closed"); workers and the zygote exit."""
         with self._lock:
             if self._closed:
                 return
@@ -112,32 +115,65 @@ class WorkerPool:
         os.close(self._wake_w)
 
     # ---------------------------------------------------------------------------------------------- workers
-    def _new_slot(self) -> _Slot:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=worker_main, args=(child_conn,), name="prism-reward-worker", daemon=True)
-        proc.start()
-        child_conn.close()
-        self.started_pids.append(proc.pid)
-        return _Slot(proc, parent_conn)
+    def _start_zygote(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="prism_rewards_")        # 0700: only our uid can connect
+        address = os.path.join(self._dir, "pool.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(address)
+        self._listener.listen(64)
+        self._listener.settimeout(_CONNECT_TIMEOUT_S)
+        self._token = secrets.token_hex(16)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root,
+                                                                            os.environ.get("PYTHONPATH")])))
+        self._zygote = subprocess.Popen([sys.executable, "-m", "prism_fast.rewards.zygote"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env, close_fds=True)
+        self._zygote.stdin.write(f"{self._token}\n{address}\n".encode())
+        self._zygote.stdin.flush()
 
-    def _retire(self, slot: _Slot, *, kill: bool) -> None:
-        if kill and slot.proc.is_alive():
-            slot.proc.kill()
-        slot.proc.join(timeout=5)
+    def _new_slot(self) -> _Slot:
+        """Ask the zygote for a worker and accept its connection (checked by token and pid)."""
+        try:
+            self._zygote.stdin.write(b"spawn\n")
+            self._zygote.stdin.flush()
+            line = self._zygote.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = b""
+        if not line.strip():
+            raise RuntimeError("the reward worker factory (python -m prism_fast.rewards.zygote) exited with code "
+                               f"{self._zygote.poll()}; its stderr above says why")
+        pid = int(line)
+        sock, _ = self._listener.accept()
+        conn = multiprocessing.connection.Connection(sock.detach())
+        if not conn.poll(_CONNECT_TIMEOUT_S) or conn.recv() != (pid, self._token):
+            conn.close()
+            raise RuntimeError(f"reward worker {pid} did not identify itself")
+        self.started_pids.append(pid)
+        return _Slot(pid, conn)
+
+    def _kill(self, slot: _Slot) -> None:
+        try:
+            os.kill(slot.pid, signal.SIGKILL)    # the zygote reaps it (SIGCHLD ignored there)
+        except ProcessLookupError:
+            pass
         slot.conn.close()
 
-    def _replace(self, i: int, *, kill: bool) -> None:
+    def _replace(self, i: int, *, killed: bool) -> None:
         old = self._slots[i]
-        self._retire(old, kill=kill)
-        if old.served == 0 and not kill:
-            self._startup_deaths += 1
-            if self._startup_deaths >= _MAX_STARTUP_DEATHS:
-                self._mark_broken(f"reward workers die at startup (exit code {old.proc.exitcode}); "
-                                  f"run `python -c 'import {_WORKER_MODULE}'` to see why")
+        if killed:
+            self._kill(old)
         else:
-            self._startup_deaths = 0
+            old.conn.close()
+            if old.served == 0 and old.task is None:               # died before it ever ran a task
+                self._startup_deaths += 1
+        if self._startup_deaths >= _MAX_STARTUP_DEATHS:
+            return self._mark_broken("reward workers die at startup; run `python -m prism_fast.rewards.zygote "
+                                     "</dev/null` to see why")
         self.restarts += 1
-        self._slots[i] = self._new_slot()
+        try:
+            self._slots[i] = self._new_slot()
+        except (RuntimeError, OSError) as e:
+            self._mark_broken(str(e))
 
     def _mark_broken(self, why: str) -> None:
         log.error("%s", why)
@@ -156,7 +192,7 @@ class WorkerPool:
     # ------------------------------------------------------------------------------------------- dispatcher
     def _assign(self) -> None:
         for slot in self._slots:
-            if slot.task is not None:
+            if slot.task is not None or slot.conn.closed:
                 continue
             with self._lock:
                 if not self._queue:
@@ -168,12 +204,7 @@ class WorkerPool:
             try:
                 slot.conn.send((slot.task_id, task.kind, task.payload, task.budget_s))
             except (BrokenPipeError, OSError):
-                pass                                 # dead worker: its sentinel fires, the task ends as "crash"
-
-    def _finish(self, slot: _Slot, outcome: dict) -> None:
-        task, slot.task, slot.deadline = slot.task, None, float("inf")
-        slot.served += 1
-        task.done(outcome)
+                pass                                 # dead worker: its connection reads EOF, the task "crash"es
 
     def _run(self) -> None:
         while True:
@@ -182,47 +213,65 @@ class WorkerPool:
             if closed:
                 return self._shutdown()
             self._assign()
-            busy = [s for s in self._slots if s.task is not None]
-            deadline = min((s.deadline for s in busy), default=None)
+            live = [s for s in self._slots if not s.conn.closed]
+            deadline = min((s.deadline for s in live if s.task is not None), default=None)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            waitables = [self._wake_r] + [s.conn for s in busy] + [s.proc.sentinel for s in self._slots]
-            ready = set(mp.connection.wait(waitables, timeout))
+            ready = set(multiprocessing.connection.wait([self._wake_r] + [s.conn for s in live], timeout))
             if self._wake_r in ready:
                 os.read(self._wake_r, 65536)
             now = time.monotonic()
             for i, slot in enumerate(self._slots):
-                if slot.task is not None and slot.conn in ready:
+                if slot.conn.closed:
+                    continue
+                task, elapsed = slot.task, now - slot.started
+                if slot.conn in ready:
                     try:
                         task_id, outcome = slot.conn.recv()
-                        assert task_id == slot.task_id, (task_id, slot.task_id)
-                        self._finish(slot, outcome)
-                        continue
-                    except (EOFError, OSError):
-                        pass                         # died mid-answer: handled as a dead worker below
-                if slot.proc.sentinel in ready or not slot.proc.is_alive():
-                    if slot.task is not None:
-                        self._finish(slot, _outcome("crash", f"verifier worker died (exit code "
-                                                    f"{slot.proc.exitcode})", now - slot.started))
-                    self._replace(i, kill=False)
-                elif slot.task is not None and now >= slot.deadline:
-                    self._finish(slot, _outcome("timeout", f"verifier worker killed after {now - slot.started:.1f}"
-                                                f" s (limit {slot.task.budget_s:g} s)", now - slot.started))
-                    self._replace(i, kill=True)
+                    except (EOFError, OSError):       # the worker died (crashed, OOM-killed, killed itself)
+                        outcome = _outcome("crash", "verifier worker died", elapsed)
+                        self._replace(i, killed=False)
+                    else:
+                        assert task is not None and task_id == slot.task_id, (task_id, slot.task_id)
+                        slot.task, slot.deadline = None, float("inf")
+                        slot.served += 1
+                        self._startup_deaths = 0
+                elif task is not None and now >= slot.deadline:
+                    outcome = _outcome("timeout", f"verifier worker killed after {elapsed:.1f} s (limit "
+                                       f"{task.budget_s:g} s)", elapsed)
+                    self._replace(i, killed=True)
+                else:
+                    continue
+                if task is not None:                 # after any replacement, so counters see the restart
+                    task.done(outcome)
 
     def _shutdown(self) -> None:
         with self._lock:
             queued, self._queue = list(self._queue), collections.deque()
         for slot in self._slots:
             if slot.task is not None:
-                self._finish(slot, _outcome("crash", "reward pool closed", time.monotonic() - slot.started))
+                task, slot.task = slot.task, None
+                task.done(_outcome("crash", "reward pool closed", time.monotonic() - slot.started))
         for t in queued:
             t.done(_outcome("crash", "reward pool closed", 0.0))
         for slot in self._slots:
-            try:
-                slot.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        end = time.monotonic() + 2.0
-        for slot in self._slots:
-            slot.proc.join(timeout=max(0.0, end - time.monotonic()))
-            self._retire(slot, kill=True)
+            if not slot.conn.closed:
+                try:
+                    slot.conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+                slot.conn.close()
+        # EOF on its stdin ends the zygote; workers still busy die with it (PR_SET_PDEATHSIG).
+        try:
+            self._zygote.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._zygote.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._zygote.kill()
+            self._zygote.wait()
+        self._zygote.stdout.close()
+        self._listener.close()
+        for name in os.listdir(self._dir):
+            os.unlink(os.path.join(self._dir, name))
+        os.rmdir(self._dir)

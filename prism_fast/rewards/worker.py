@@ -11,6 +11,8 @@ and repetition (the repetition fraction when the payload asked for it, else None
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import time
 import traceback
@@ -39,7 +41,7 @@ def _bounded(fn, budget_s: float):
 
 def _run_kind(kind: str, p: dict, budget_s: float) -> tuple[float, str, str]:
     if kind == "math":
-        from prism_fast.rewards.math_verifier import verify_math   # preloaded in the forkserver (pool.py)
+        from prism_fast.rewards.math_verifier import verify_math   # already imported in the zygote
         return _bounded(lambda: verify_math(p["answer"], p["reference"]), budget_s)
     if kind == "mc":
         return _bounded(lambda: verify_mc(p["answer"], p["reference"]), budget_s)
@@ -71,8 +73,21 @@ def run_task(kind: str, payload: dict, budget_s: float) -> dict:
             "repetition": repetition}
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this worker when its parent (the zygote, which itself exits with the caller) goes away, so a
+    caller killed mid-batch does not leave a worker busy in sympy or in a sandbox for up to timeout_s."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)                     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):                              # not Linux: EOF on the pipe still ends us
+        return
+    if os.getppid() == 1:                                          # parent already gone before prctl
+        os._exit(0)
+
+
 def worker_main(conn) -> None:
     """Serve tasks until the parent sends None or goes away (EOF)."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's business; it closes the pool
     signal.signal(signal.SIGALRM, _on_alarm)
     while True:

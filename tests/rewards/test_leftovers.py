@@ -1,0 +1,60 @@
+"""No process survives: a scoring process SIGKILLed in the middle of a hostile batch (fork bomb, endless loop,
+detached sleeper, a worker stuck in sympy) leaves no worker, forkserver or sandboxed process behind."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from tests.rewards.conftest import processes_of_uids, wait_no_processes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCRIPT = r'''
+import sys, time
+from prism_fast.rewards import Rewarder
+from prism_fast.rewards.code_sandbox import sandbox_uid
+block = lambda p: "```python\n" + p + "\n```"
+code = lambda p: {"domain": "code", "response": block(p), "reference": {"tests": [{"input": "", "output": "x"}]}}
+r = Rewarder(num_workers=3, timeout_s=20, require_think=False)
+print(" ".join(str(sandbox_uid(p)) for p in r.worker_pids()), flush=True)
+r.submit([code("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
+          code("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\nwhile True:\n    pass"),
+          {"domain": "math", "response": "\\boxed{" + "(" * 40 + "1" + ")" * 40 + "}", "reference": "1"}])
+time.sleep(600)
+'''
+
+
+def _tagged(tag: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if tag.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_sigkilled_caller_leaves_nothing_running():
+    tag = "PRISM_LEFTOVER_TAG=" + uuid.uuid4().hex
+    env = dict(os.environ, PRISM_LEFTOVER_TAG=tag.split("=", 1)[1])
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    uids = {int(u) for u in proc.stdout.readline().split()}
+    assert len(uids) == 3
+    deadline = time.monotonic() + 10
+    while len(processes_of_uids(uids)) < 3 and time.monotonic() < deadline:   # the hostile batch is running
+        time.sleep(0.05)
+    assert len(processes_of_uids(uids)) >= 3
+    assert len(_tagged(tag)) >= 5                    # caller, zygote, 3 workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # the zygote sees EOF and exits, workers die with it and sandboxes with their worker (PR_SET_PDEATHSIG)
+    assert wait_no_processes(uids, timeout_s=5) == []
+    end = time.monotonic() + 5
+    while _tagged(tag) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert _tagged(tag) == []
