@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import re
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
@@ -148,17 +150,33 @@ def _local_bytes(state) -> int:
 
 
 def _os_reason(e: BaseException) -> str:
-    """The OS-level cause of a failed write (e.g. 'No space left on device'), found inside DCP's wrappers."""
-    seen, todo = set(), [e]
+    """The OS-level cause of a failed write (e.g. 'No space left on device'), found inside DCP's wrappers, else
+    the innermost exception's first line (torch.save's zip writer reports a full disk as 'unexpected pos')."""
+    seen, todo, last = set(), [e], e
     while todo:
         x = todo.pop(0)
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))
+        last = x
         if isinstance(x, OSError) and x.errno is not None:
             return os.strerror(x.errno)
-        todo += [x.__cause__, x.__context__, *[getattr(f, "exc", f) for f in getattr(x, "failures", {}).values()]]
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        wrapped = getattr(x, "failures", {})
+        todo += [x.__cause__, x.__context__, *[w[0] if isinstance(w, tuple) else w for w in wrapped.values()]]
+    text = str(last).strip()
+    return text.splitlines()[0] if text else type(last).__name__
+
+
+def _write_failure(err_reason: str, needed: int, free: int | None) -> str:
+    """Name the likely cause when the writer only said 'unexpected pos': no room left, or a per-file size limit."""
+    if "No space" in err_reason or "File too large" in err_reason or "Disk quota" in err_reason:
+        return err_reason
+    if free is not None and free < needed:
+        return "No space left on device"
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"File too large (the file size limit, ulimit -f, is {_mib(soft)})"
+    return err_reason
 
 
 def _mib(n: float) -> str:
@@ -217,7 +235,7 @@ class Checkpointer:
                 torch.save({**train_state, "step": step, "world_size": self.world_size}, tmp / "train_state.pt")
                 if self.model_hf_config is not None:
                     _write_file(tmp / "model_config.json", json.dumps(self.model_hf_config, indent=1).encode())
-        except (OSError, RuntimeError) as e:  # dcp wraps OSErrors in CheckpointException (a RuntimeError)
+        except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
             err = e
         self._fail_if_any(err, step, tmp, _local_bytes(state))
         # phase 2: checksums, each rank a share of the files (read back right after the write: page cache).
@@ -261,9 +279,8 @@ class Checkpointer:
     def _fail_if_any(self, err: BaseException | None, step: int, tmp: Path, local_bytes: int):
         """Collective. If any rank failed: remove the partial write and raise, on every rank, one UserError that
         says what failed, how much space the save needs and which checkpoint is still intact."""
-        report = None if err is None else f"{_os_reason(err)} (rank {self.rank})"
-        gathered = self._all_gather((report, local_bytes))
-        failures = [r for r, _ in gathered if r is not None]
+        gathered = self._all_gather((None if err is None else _os_reason(err), local_bytes))
+        failures = [(r, why) for r, (why, _) in enumerate(gathered) if why is not None]
         if not failures:
             return
         if self.rank == 0:
@@ -271,13 +288,14 @@ class Checkpointer:
         self._barrier()
         needed = sum(b for _, b in gathered)
         try:
-            free = _mib(shutil.disk_usage(self.dir).free)
+            free = shutil.disk_usage(self.dir).free
         except OSError:
-            free = "unknown"
+            free = None
         prev = list_complete(self.dir)
         kept = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
-        msg = (f"checkpoint step-{step} could not be written under {self.dir}: {failures[0]}; the save needs about "
-               f"{_mib(needed)} of tensors ({free} free there now); the partial write was removed and {kept}. "
+        why = _write_failure(failures[0][1], needed, free)
+        msg = (f"checkpoint step-{step} could not be written under {self.dir}: {why}; the save needs about {_mib(needed)} of tensors ({'?' if free is None else _mib(free)} free there "
+               f"now; first failure on rank {failures[0][0]}); the partial write was removed and {kept}. "
                f"Free space or set --train.run_dir elsewhere, then rerun to resume from it")
         raise UserError(msg) from err  # every rank: all of them saw the same gathered failures
 
