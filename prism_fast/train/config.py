@@ -198,9 +198,6 @@ class DataSection:
     verify_checksums: bool = True
     """At start, read every shard byte against the CRC-32s in its meta.json (split across ranks) and refuse a
     damaged shard naming the file. false = sizes / index / tokenizer checks only (for corpora of many GB)."""
-    verify_checksums: bool = True
-    """At start, read every shard byte against the CRC-32s in its meta.json (split across ranks) and refuse a
-    damaged shard naming the file. false = sizes / index / tokenizer checks only (for corpora of many GB)."""
 
     def __post_init__(self):
         if self.mixture not in ("default", "mcs", "mc", "math_only", "custom"):
@@ -256,9 +253,6 @@ class TrainSection:
     dist_timeout_s: int = 1800
     """Process-group timeout: a collective waiting longer than this for a hung or dead rank fails (one line,
     exit 1) instead of hanging. torchrun stops the other ranks as soon as one dies; this covers hung ranks."""
-    dist_timeout_s: int = 1800
-    """Process-group timeout: a collective waiting longer than this for a hung or dead rank fails (one line,
-    exit 1) instead of hanging. torchrun stops the other ranks as soon as one dies; this covers hung ranks."""
     trainable: str = "all"
     """all | attention (the paper's attention-only long-context variant: only the attention projections train;
     frozen parameters get no gradients and no optimizer state)."""
@@ -270,8 +264,6 @@ class TrainSection:
     def __post_init__(self):
         if self.steps < 1 or self.global_batch_size < 1:
             raise ValueError("train.steps and train.global_batch_size must be >= 1")
-        if self.dist_timeout_s < 1:
-            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s} must be >= 1 (seconds)")
         if self.dist_timeout_s < 1:
             raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s} must be >= 1 (seconds)")
         if self.device not in ("auto", "cpu", "cuda"):

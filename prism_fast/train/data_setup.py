@@ -16,8 +16,6 @@ import torch
 
 from prism_fast.entry import UserError, agree_on_error, rank0_result
 
-from prism_fast.entry import UserError, agree_on_error, rank0_result
-
 log = logging.getLogger(__name__)
 
 
@@ -83,14 +81,6 @@ def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vo
     except ValueError as e:
         err = e
     agree_on_error(err)
-    if section.mixture != "default":
-        expected_fp = rank0_result(lambda: pdata.tokenizer_fingerprint(tok))
-    err = None
-    try:  # each rank checks a share of the shards; all ranks fail together, naming the file
-        _check_shards(mix.sources[rank::world_size], expected_fp, tok, deep=section.verify_checksums)
-    except ValueError as e:
-        err = e
-    agree_on_error(err)
     meta_vocab = mix.sources[0].shard().meta.get("tokenizer", {}).get("vocab_size")
     if meta_vocab and meta_vocab > vocab_size:
         raise ValueError(f"the data was tokenized with a vocabulary of {meta_vocab} tokens but the model has "
@@ -105,17 +95,6 @@ def build(section, *, tokenizer_path: str | None, rank: int, world_size: int, vo
                                      rank=data_rank, world_size=data_world_size,
                                      max_rows_per_domain=section.val_batches)
     return TrainData(loader=loader, val_loader=val, domains=list(mix.domains), tokenizer_path=tok, mixture=mix)
-
-
-def _check_shards(sources, expected_fp: str | None, tok: str, *, deep: bool) -> None:
-    """Refuse damaged shards at start: sizes / index always, every byte's CRC-32 when deep (shards.verify_shard),
-    and the tokenizer fingerprint in meta.json against the run's tokenizer."""
-    from prism_fast.data.shards import open_shard, verify_shard  # noqa: PLC0415
-    for s in sources:
-        try:
-            (verify_shard if deep else open_shard)(s.path, expected_fp)
-        except ValueError as e:
-            raise UserError(f"{e} (run tokenizer: {tok})" if "another tokenizer" in str(e) else str(e)) from None
 
 
 def _check_shards(sources, expected_fp: str | None, tok: str, *, deep: bool) -> None:

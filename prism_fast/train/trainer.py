@@ -30,7 +30,6 @@ from prism_fast.distributed.context_parallel import ContextParallel
 from prism_fast.distributed.fp8 import fp8_autocast_ctx, fp8_flop_share, mixed_peak_flops
 from prism_fast.ops.kernel_choice import replace_kernels
 from prism_fast.entry import UserError
-from prism_fast.entry import UserError
 from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import JobConfig, save_json
@@ -184,8 +183,6 @@ class Trainer:
                                            return_per_token=True, cp=mb.get("cp"))
         if self.step + 1 in _TEST_NAN_STEPS:
             loss_sum = loss_sum * float("nan")
-        if self.step + 1 in _TEST_NAN_STEPS:
-            loss_sum = loss_sum * float("nan")
         scale = self.model.loss_scale_for_fsdp  # 1.0 unless FSDP can only average (older torch)
         (loss_sum * scale / n_tok_global if scale != 1.0 else loss_sum / n_tok_global).backward()
         dom = mb["domain_ids"].reshape(-1)
@@ -323,3 +320,4 @@ class Trainer:
             destroy_distributed()
         elif dist.is_initialized():
             dist.destroy_process_group()
+
