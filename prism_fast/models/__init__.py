@@ -21,13 +21,13 @@ def build_model(cfg: ModelConfig, *, device="cpu", dtype=torch.float32, kernels=
 
     kernels: ops.KernelConfig, a dict of field -> backend ({"attention": "triton"}), a KernelChoice, or None (all
     "auto"); resolved once here for `device` / `dtype` (compile=True: the choice made for compiled blocks) into
-    `model.kernels`. A meta build resolves for the CPU: call model.configure_kernels(kernels, device=...) once the
-    model is materialized on another device (train/model_init.py does)."""
+    `model.kernels`. A meta build resolves for the CPU; moving the model later (.to / .cuda / to_empty) resolves the
+    same request again for the new device and dtype (CausalLM._apply)."""
     with torch.device(device):
         model = family_module(cfg.model_type).build(cfg)
     model = model.to(dtype=dtype)
     dev = torch.device(device)
-    model.configure_kernels(kernels, device="cpu" if dev.type == "meta" else dev, dtype=dtype, compile=compile)
+    model.configure_kernels(kernels, device="cpu" if dev.type == "meta" else dev, compile=compile)
     return model
 
 

@@ -10,8 +10,9 @@ Unusual: the loss / logprobs are computed INSIDE forward (fused linear + CE over
 logits), so FSDP2's root pre-forward hook has the lm_head weight gathered when it is needed.
 Kernel backends are chosen once (`configure_kernels`, called by build_model / from_pretrained / the trainer) and
 held as `model.kernels` (a frozen ops.KernelChoice); every submodule with a `use_kernels(choice)` method keeps
-the names it needs and passes them to the ops. A forward on another device type than the choice was made for is
-an error, never a silent re-dispatch.
+the names it needs and passes them to the ops. Moving the model (.to / .cuda / to_empty) to another device type
+(or dtype, unless a compute dtype was given) resolves the same request again for the new target, at the move --
+so an explicit choice that cannot run there fails at once, never in the middle of a run.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from prism_fast.models.cache import ModelCache
 from prism_fast.models.config import ModelConfig
-from prism_fast.models.layers import ForwardContext, RMSNorm, Rotary
+from prism_fast.models.layers import ForwardContext, RMSNorm, Rotary, is_fp8_linear
 from prism_fast.ops import KernelChoice, fused_linear_cross_entropy, fused_linear_logprobs, resolve_kernels
 
 
@@ -51,7 +52,7 @@ class CausalLM(nn.Module):
         setattr(self, prefix, inner)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg) if cfg.position_embedding_type == "rope" and cfg.num_attention_layers else None
-        self.kernels: KernelChoice = self.configure_kernels(None, device="cpu", dtype=torch.float32)
+        self.kernels: KernelChoice = self.configure_kernels(None, device="cpu")
         """Resolved kernel backends; build_model / from_pretrained / the trainer re-resolve them for the real
         device, dtype and build options (configure_kernels)."""
         self.tie_weights()
@@ -63,7 +64,6 @@ class CausalLM(nn.Module):
         device / dtype default to the LM head weight's (device must then not be meta). fp8 defaults to whether
         any submodule is a registered FP8 linear (layers.is_fp8_linear): then q/k/v and gate/up run one module
         call each. ValueError listing the usable backends when a named backend cannot run. Returns the choice."""
-        from prism_fast.models.layers import is_fp8_linear  # noqa: PLC0415 (layers imports this module's deps)
         w = self.lm_head.weight
         device = torch.device(device if device is not None else w.device)
         if device.type == "meta":
@@ -71,11 +71,23 @@ class CausalLM(nn.Module):
         if fp8 is None:
             fp8 = any(is_fp8_linear(m) for m in self.modules())
         choice = resolve_kernels(kernels, device=device, dtype=dtype or w.dtype, compile=compile, fp8=fp8)
+        self._kernel_request = dict(kernels=kernels, dtype=dtype, compile=compile)
         for m in self.modules():
             if m is not self and hasattr(m, "use_kernels"):
                 m.use_kernels(choice)
         self.kernels = choice
         return choice
+
+    def _apply(self, fn, recurse=True):
+        """Every move (.to / .cuda / .half / to_empty) goes through here: when it changes the device type, or the
+        dtype while no compute dtype was given, the kernel request is resolved again for the new target."""
+        out = super()._apply(fn, recurse)
+        req, w = getattr(self, "_kernel_request", None), self.lm_head.weight
+        if req is not None and w.device.type != "meta":
+            dtype = str(req["dtype"] or w.dtype).removeprefix("torch.")
+            if w.device.type != self.kernels.device or dtype != self.kernels.dtype:
+                self.configure_kernels(req["kernels"], device=w.device, dtype=req["dtype"], compile=req["compile"])
+        return out
 
     # ---- module access (names differ per family) ----
     @property
@@ -186,8 +198,8 @@ class CausalLM(nn.Module):
         self._check_inputs(input_ids)
         if input_ids.device.type != self.kernels.device:
             raise ValueError(f"the model's kernels were chosen for {self.kernels.device} but the input is on "
-                             f"{input_ids.device.type}: call model.configure_kernels(kernels, device=...) after "
-                             f"moving the model")
+                             f"{input_ids.device.type}: move the model to the input's device (or call "
+                             f"model.configure_kernels(kernels, device=...))")
         x = self.embed(input_ids)
         ctx = self.make_context(input_ids, position_ids, cu_seqlens, cache, x.dtype, cp)
         for blk in self.blocks:

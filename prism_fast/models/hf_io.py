@@ -143,7 +143,7 @@ def from_pretrained(path, *, dtype=torch.float32, device="cpu", kernels=None):
         raise FileNotFoundError(f"{path} does not exist: pass an HF model directory or a .gguf file")
     if path.suffix == ".gguf":
         model = load_gguf(path, dtype=dtype, device=device)
-        model.configure_kernels(kernels, device=device, dtype=dtype)
+        model.configure_kernels(kernels, device=device)
         return model
     cfg = load_config(path)
     files, weight_map = _checkpoint_files(path)
@@ -156,7 +156,7 @@ def from_pretrained(path, *, dtype=torch.float32, device="cpu", kernels=None):
         loaded |= sd.keys()
         del sd
     _finish_load(model, loaded, path)
-    model.configure_kernels(kernels, device=device, dtype=dtype)
+    model.configure_kernels(kernels, device=device)
     return model.eval()
 
 
@@ -178,7 +178,7 @@ def load_gguf(path, *, dtype=torch.float32, device="cpu"):
     sd = {k: v.to(device) for k, v in tensors.items()}
     _assign(model, sd, path)
     _finish_load(model, set(sd), path)
-    model.configure_kernels(device=device, dtype=dtype)
+    model.configure_kernels(device=device)
     return model.eval()
 
 

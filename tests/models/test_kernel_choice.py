@@ -73,6 +73,18 @@ def test_blocks_hold_the_resolved_names_and_forward_uses_them():
         model(torch.zeros(1, 4, dtype=torch.long, device="meta"))
 
 
+def test_moving_the_model_resolves_the_same_request_for_the_new_target():
+    """.half() / .to() re-resolve at the move; an explicit choice that cannot run on the new target fails there."""
+    model = build_model(tiny_config("llama"), kernels={"attention": "triton"})
+    assert (model.kernels.dtype, model.kernels.attention) == ("float32", "triton")
+    model.half()
+    assert (model.kernels.dtype, model.kernels.attention) == ("float16", "triton")
+    with pytest.raises(ValueError, match="interpreter runs fp32/fp16 only"):
+        model.to(torch.bfloat16)
+    auto = build_model(tiny_config("llama")).to(torch.bfloat16)
+    assert auto.kernels.dtype == "bfloat16" and auto.kernels.attention == "torch"
+
+
 def test_config_tree_section_and_saved_resolved_names(tmp_path):
     cfg = apply_overrides(JobConfig(), ["--kernels.loss=torch", "--kernels.attention", "auto"])
     assert cfg.kernels.loss == "torch" and cfg.kernels.attention == "auto"
