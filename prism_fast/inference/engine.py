@@ -24,7 +24,7 @@ from prism_fast.inference.params import Completion, RequestOutput, SamplingParam
 from prism_fast.inference.prefill import prefill_packed, prefill_rows
 from prism_fast.inference.sampler import stream_key
 from prism_fast.inference.slots import SlotBatch
-from prism_fast.inference.weights import full_weights, model_device
+from prism_fast.inference.weights import full_weights, model_device, separate_projections
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Engine:
         self._cache = None
         self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "prefill_s": 0.0, "decode_s": 0.0,
                       "prefill_forwards": 0, "decode_steps": 0, "decode_rows": 0, "requests": 0, "completions": 0,
-                      "host_syncs": 0}
+                      "host_syncs": 0, "slot_moves": 0}
 
     def update_weights(self) -> None:
         """Pick up the policy's new weights (call after every optimizer step). The engine reads the live model's
@@ -168,14 +168,30 @@ class Engine:
                 continue
             hi = max(run.by_slot) + 1
             truncate = any(c.params.truncates for c in run.by_slot.values())
+            greedy_only = all(c.params.greedy for c in run.by_slot.values())
             t0 = time.perf_counter()
-            for _ in range(self.sync_every):
-                self._batch.step(hi, truncate)
+            with separate_projections(self.model):
+                for _ in range(self.sync_every):
+                    self._batch.step(hi, truncate, greedy_only)
             self.stats["decode_steps"] += self.sync_every
             self.stats["decode_rows"] += self.sync_every * hi
             n_done = self._harvest(run)
+            if not run.waiting:
+                self._compact(run)
             self.stats["decode_s"] += time.perf_counter() - t0
             bar.update(n_done)
+
+    def _compact(self, run: _Run) -> None:
+        """No request waits: move the highest live completions into the lowest free slots (see slots.py)."""
+        while run.by_slot and self._free and self._free[0] < max(run.by_slot):
+            src, dst = max(run.by_slot), self._free.pop(0)
+            self._batch.move(src, dst)
+            c = run.by_slot.pop(src)
+            c.slot = dst
+            run.by_slot[dst] = c
+            self._free.append(src)
+            self.stats["slot_moves"] += 1
+        self._free.sort()
 
     def _admit(self, run: _Run) -> None:
         """Take requests in order while slots are free; prefill them in packs; sample their first tokens."""
@@ -207,8 +223,9 @@ class Engine:
             if len(g) > 1:
                 batch.cache.copy_row(g[0].slot, torch.tensor([c.slot for c in g[1:]], device=self.device))
         rep = torch.tensor([len(g) for _, g in groups], device=self.device)
-        batch.first_tokens(s, logits.repeat_interleave(rep, dim=0), any(c.params.truncates for _, g in groups
-                                                                           for c in g))
+        comps = [c for _, g in groups for c in g]
+        batch.first_tokens(s, logits.repeat_interleave(rep, dim=0), any(c.params.truncates for c in comps),
+                           all(c.params.greedy for c in comps))
         for _, g in groups:
             for c in g:
                 run.by_slot[c.slot] = c

@@ -69,14 +69,18 @@ def _truncation_mask(scaled_BV, top_k_B, top_p_B, min_p_B) -> torch.Tensor:
 
 
 def sample_tokens(logits_BV: torch.Tensor, temperature_B: torch.Tensor, top_k_B: torch.Tensor, top_p_B: torch.Tensor,
-                  min_p_B: torch.Tensor, u_B: torch.Tensor, *, truncate: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  min_p_B: torch.Tensor, u_B: torch.Tensor, *, truncate: bool = True,
+                  greedy_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Next tokens [B] int64 and their log-probs [B] fp32 (see module docstring), without host syncs.
 
     logits [B, V] (any float dtype; computed in fp32), temperature [B] fp32 (0 = greedy), top_k [B] int64 (0 = off),
     top_p [B] fp32, min_p [B] fp32, u [B] uniforms in (0, 1). truncate=False skips the sort when the caller knows
-    no row truncates (the result is the same: every mask would keep everything)."""
+    no row truncates (the result is the same: every mask would keep everything); greedy_only=True when the caller
+    knows every row is greedy (argmax and log-softmax only, the same result)."""
     logits = logits_BV.float()
+    if greedy_only:                            # every row greedy: skip the CDF (the common eval case)
+        tokens = logits.argmax(-1)
+        return tokens, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
     greedy = temperature_B <= 0
     scaled = logits / torch.where(greedy, 1.0, temperature_B)[:, None]
     if truncate:

@@ -55,13 +55,13 @@ class SlotBatch:
         self.done[s] = False
         return s
 
-    def first_tokens(self, s: torch.Tensor, logits_nV: torch.Tensor, truncate: bool) -> None:
+    def first_tokens(self, s: torch.Tensor, logits_nV: torch.Tensor, truncate: bool, greedy_only: bool) -> None:
         """Sample the first token of completions in slots s [n] from their prompts' last logits [n, V]."""
         tok, lp = sample_tokens(logits_nV, self.temperature[s], self.top_k[s], self.top_p[s], self.min_p[s],
-                                uniforms(self.keys[s], self.n_gen[s]), truncate=truncate)
+                                uniforms(self.keys[s], self.n_gen[s]), truncate=truncate, greedy_only=greedy_only)
         self._record(s, tok, lp, torch.ones_like(tok, dtype=torch.bool))
 
-    def step(self, hi: int, truncate: bool) -> None:
+    def step(self, hi: int, truncate: bool, greedy_only: bool) -> None:
         """One decode step for rows [0, hi): feed the last token, sample the next, record it for live rows."""
         rows = slice(0, hi)
         cache = self.cache.rows(0, hi)
@@ -69,9 +69,19 @@ class SlotBatch:
         h = self.model.forward_hidden(self.last_tok[rows, None], cache=cache)
         logits = self.model.logits(h)[:, 0]
         tok, lp = sample_tokens(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows],
-                                uniforms(self.keys[rows], self.n_gen[rows]), truncate=truncate)
+                                uniforms(self.keys[rows], self.n_gen[rows]), truncate=truncate,
+                                greedy_only=greedy_only)
         self._record(rows, tok, lp, live)
         cache.seqlens.masked_fill_(self.done[rows], 0)            # dead rows restart at 0: they never overflow
+
+    def move(self, src: int, dst: int) -> None:
+        """Move the completion in slot src to the free slot dst (cache rows and per-slot state), so that the live
+        rows stay a prefix and the decode batch shrinks as completions finish."""
+        self.cache.copy_row(src, torch.tensor([dst], device=self.device))
+        for t in (self.last_tok, self.n_gen, self.max_new, self.done, self.temperature, self.top_k, self.top_p,
+                  self.min_p, self.keys, self.stop_ids, self.out_tok, self.out_lp):
+            t[dst] = t[src]
+        self.done[src] = True
 
     def _record(self, s, tok, lp, live) -> None:
         """Append tok/lp at each row's n_gen for the live rows of s (a slice or slot indices); update the counters

@@ -125,6 +125,14 @@ def test_n_samples_share_one_prefill_and_slot_refill_keeps_rows_busy():
     # the short ones flowed through the second slot while the long one ran: 40 steps, not 40 + 7 batches
     assert engine.stats["decode_steps"] <= 40
 
+    # draining batch: the long completion in the last slot moves down (KV + Mamba state), rows shrink to 1
+    engine = Engine(model, max_batch=4)
+    prompts, lens = [[3, 4], [5] * 9, [6, 7, 8], [9] * 13], [2, 3, 2, 25]
+    outs = engine.generate(prompts, [SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True) for n in lens])
+    for p, n, o in zip(prompts, lens, outs):
+        assert o.outputs[0].token_ids == reference_greedy(model, p, n)[0]
+    assert engine.stats["slot_moves"] >= 1 and engine.stats["decode_rows"] <= 4 * 3 + 22
+
 
 def test_finish_reasons_eos_stop_ids_and_length():
     model = tiny_model("llama")
