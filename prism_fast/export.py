@@ -3,74 +3,24 @@
     python -m prism_fast.export --ckpt RUN_OR_STEP_DIR --out DIR [--dtype bf16|fp32]
 
 RUN_OR_STEP_DIR: a `step-N/` checkpoint (must carry the COMPLETE marker), a run directory or its checkpoints/
-directory (the newest complete checkpoint is used). The model is rebuilt from the `model_config.json` stored in
-the checkpoint, the sharded DCP tensors are loaded into it in one process (DCP reassembles the shards of any
-world size; `no_dist=True`), and `save_pretrained` writes config.json + safetensors. The tokenizer of the run
-(HF directory or the one inside a .gguf) is saved beside it when known, so the export is self-contained.
-Memory: one full copy of the model in fp32 on CPU.
+directory (the newest complete checkpoint is used). This module is only the command line: the work is
+prism_fast.train.hf_export.export_checkpoint (what the trainers call; see there for how and at what memory).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import warnings
-from pathlib import Path
 
-import torch
+from prism_fast.train.checkpoint import resolve_step_dir
+from prism_fast.train.hf_export import DTYPES, export_checkpoint
 
-from prism_fast.train.checkpoint import load_model_weights, resolve_step_dir
-
-_DT = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def export_checkpoint(ckpt: str | Path, out: str | Path, *, dtype: str = "bf16",
-                      tokenizer_path: str | None = None) -> Path:
-    from prism_fast.models import ModelConfig, build_model  # noqa: PLC0415
-    if dtype not in _DT:
-        raise ValueError(f"--dtype={dtype!r}; use bf16 | fp32")
-    step_dir = resolve_step_dir(ckpt)
-    cfg_file = step_dir / "model_config.json"
-    if not cfg_file.exists():
-        raise ValueError(f"{step_dir} has no model_config.json (written by the trainer with every checkpoint); "
-                         f"was it made by prism_fast.midtrain?")
-    cfg = ModelConfig.from_hf_dict(json.loads(cfg_file.read_text()))
-    model = build_model(cfg, device="cpu")
-    with warnings.catch_warnings():  # single-process DCP load is intended here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        load_model_weights(step_dir, model)
-    model.tie_weights()
-    out = Path(out)
-    model.save_pretrained(out, dtype=_DT[dtype])
-    if tokenizer_path is None:
-        run_cfg = step_dir.parent.parent / "config.json"
-        if run_cfg.exists():
-            tokenizer_path = _tokenizer_from_run(json.loads(run_cfg.read_text()))
-    if tokenizer_path:
-        try:
-            from prism_fast.models.hf_io import load_tokenizer  # noqa: PLC0415
-            load_tokenizer(tokenizer_path).save_pretrained(out)
-        except Exception as e:  # the weights are the export; a tokenizer problem should not lose them
-            print(f"warning: tokenizer not saved ({e})")
-    (out / "prism_export.json").write_text(json.dumps({"checkpoint": str(step_dir.resolve()), "dtype": dtype}))
-    return out
-
-
-def _tokenizer_from_run(run_cfg: dict) -> str | None:
-    data, model = run_cfg.get("data", {}), run_cfg.get("model", {})
-    if data.get("tokenizer"):
-        return data["tokenizer"]
-    path = model.get("path")
-    if path == "smollm2" or path == "tiny":
-        from prism_fast.models.hf_io import smollm2_gguf_path  # noqa: PLC0415
-        return str(smollm2_gguf_path())
-    return path
+__all__ = ["export_checkpoint", "main"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="step-N dir, checkpoints/ dir or run dir")
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", default="bf16", choices=sorted(_DT))
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     args = p.parse_args(argv)
     out = export_checkpoint(args.ckpt, args.out, dtype=args.dtype)
     print(f"exported {resolve_step_dir(args.ckpt)} -> {out} ({args.dtype})")

@@ -20,20 +20,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from prism_fast.models.hf_io import weight_map
+
 _DT = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
 def _weight_map(d: Path) -> dict[str, str]:
     """tensor name -> shard file name, for a single-file or sharded (index.json) HF directory."""
-    idx = d / "model.safetensors.index.json"
-    if idx.exists():
-        return json.loads(idx.read_text())["weight_map"]
-    single = d / "model.safetensors"
-    if not single.exists():
-        raise ValueError(f"{d} has neither model.safetensors nor model.safetensors.index.json; pass an HF model "
-                         f"directory (e.g. one written by `python -m prism_fast.export`)")
-    with safe_open(single, "pt") as f:
-        return {k: "model.safetensors" for k in f.keys()}
+    try:
+        return weight_map(d)
+    except FileNotFoundError as e:
+        raise ValueError(f"{d} has neither model.safetensors nor model.safetensors.index.json ({e}); pass an HF "
+                         f"model directory (e.g. one written by `python -m prism_fast.export`)") from None
 
 
 class _Reader:

@@ -15,7 +15,6 @@ Readers hold only paths and open files lazily, so they pickle cheaply to worker 
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -246,14 +245,11 @@ def open_checkpoint(path: str | os.PathLike, *, dcp_prefix: str = "auto") -> Che
     if p.is_dir():
         if (p / ".metadata").is_file():
             return DCPReader(str(p), prefix=dcp_prefix)
-        index = p / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted({str(p / f) for f in weight_map.values()})
-            return SafetensorsReader(str(p), files)
-        files = sorted(glob.glob(str(p / "*.safetensors")))
-        if files:
-            return SafetensorsReader(str(p), files)
+        from prism_fast.models.hf_io import safetensors_index  # noqa: PLC0415 (the one index reader)
+        try:
+            return SafetensorsReader(str(p), [str(f) for f in safetensors_index(p)[0]])
+        except FileNotFoundError:
+            pass                                                   # not an HF directory: the error below
     if p.suffix == ".gguf":
         raise ValueError(f"{path}: GGUF files are quantized; weight analysis needs the HF export. Convert with "
                          "prism_fast.models.from_pretrained(path).save_pretrained(dir) and pass the directory")

@@ -76,7 +76,11 @@ def _parse_size(s) -> int:
 
 
 # ---------------------------------------------------------------- load
-def _checkpoint_files(d: Path) -> tuple[list[Path], dict | None]:
+def safetensors_index(d) -> tuple[list[Path], dict[str, str] | None]:
+    """The one reader of an HF directory's weight files (loading, merge, training init, analyses):
+    (shard paths, sorted; weight_map tensor name -> file name from model.safetensors.index.json, or None when
+    there is no index). FileNotFoundError naming what is missing (a shard the index lists, or any weights)."""
+    d = Path(d)
     index = d / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -96,6 +100,14 @@ def _checkpoint_files(d: Path) -> tuple[list[Path], dict | None]:
     hint = (f" (found {bins[:3]}: PyTorch .bin checkpoints are not read; convert them with transformers "
             "save_pretrained(safe_serialization=True))") if bins else ""
     raise FileNotFoundError(f"no model.safetensors, sharded *.safetensors or model.safetensors.index.json in {d}{hint}")
+
+
+def weight_map(d) -> dict[str, str]:
+    """tensor name -> file name for an HF directory: the index's map, or read from the shard headers."""
+    files, wm = safetensors_index(d)
+    if wm is not None:
+        return wm
+    return {k: f.name for f in files for k in read_safetensors_header(f)[0] if k != "__metadata__"}
 
 
 def load_config(path) -> ModelConfig:
@@ -146,11 +158,11 @@ def from_pretrained(path, *, dtype=torch.float32, device="cpu", kernels=None):
         model.configure_kernels(kernels, device=device)
         return model
     cfg = load_config(path)
-    files, weight_map = _checkpoint_files(path)
+    files, wmap = safetensors_index(path)
     model = build_model(cfg, device="meta", dtype=dtype)
     loaded: set[str] = set()
     for f in files:
-        keys = None if weight_map is None else {k for k, v in weight_map.items() if path / v == f}
+        keys = None if wmap is None else {k for k, v in wmap.items() if path / v == f}
         sd = {k: t for k, t in iter_safetensors(f, keys, dtype=dtype, device=device) if not _IGNORED_KEYS.match(k)}
         _assign(model, sd, f)
         loaded |= sd.keys()

@@ -48,11 +48,9 @@ def model_source(section) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor
 
 def _iter_safetensors(d: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """One tensor at a time, read into its own buffer (models.hf_io: no mmap, so RSS stays ~one tensor)."""
-    from prism_fast.models.hf_io import iter_safetensors  # noqa: PLC0415
-    idx = d / "model.safetensors.index.json"
-    files = sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx.exists() else ["model.safetensors"]
-    for fn in files:
-        yield from iter_safetensors(d / fn)
+    from prism_fast.models.hf_io import iter_safetensors, safetensors_index  # noqa: PLC0415
+    for f in safetensors_index(d)[0]:
+        yield from iter_safetensors(f)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
+from prism_fast.train.hf_export import export_checkpoint
 from prism_fast.train.host_allocator import keep_freed_host_memory
 from prism_fast.train.model_init import build_parallel_model
 from prism_fast.train.optim import set_trainable
@@ -266,7 +267,6 @@ class Trainer:
                                {"loader": self.data.loader.state_dict(), "first_val": self.first_val})
 
     def export(self):
-        from prism_fast.export import export_checkpoint  # noqa: PLC0415
         out = self.run_dir / "export"
         if self.rank == 0:
             export_checkpoint(self.checkpointer.dir / f"step-{self.step}", out, dtype=self.cfg.checkpoint.export_dtype,
