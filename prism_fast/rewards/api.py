@@ -17,7 +17,7 @@ import collections
 import logging
 import os
 import threading
-import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -160,7 +160,7 @@ class Rewarder:
     def close(self) -> None:
         self._closed = True
         if self._pool is not None:
-            self._pool.close()
+            self._finalizer()
 
     def __enter__(self) -> Rewarder:
         return self
@@ -183,6 +183,8 @@ class Rewarder:
                 raise RuntimeError("this Rewarder is closed; create a new one")
             if self._pool is None:
                 self._pool = WorkerPool(self._num_workers, grace_s=_grace_s)
+                # A Rewarder dropped without close() still stops its processes when it is collected.
+                self._finalizer = weakref.finalize(self, self._pool.close)
             return self._pool
 
     def _sandbox_config(self) -> SandboxConfig:

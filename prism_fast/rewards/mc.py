@@ -3,8 +3,9 @@
 Forms are tried by strength: `\\boxed{C}` (also `\\boxed{\\text{C}}`, `\\boxed{(C)}`), then an "answer" phrase
 ("Answer: C", "the answer is (C)", "**Answer:** C"), then a parenthesized "(C)", then an answer part that is only
 a letter ("C", "C.", "**C**"). Within the strongest form present the last occurrence wins, so "(A) and (B) are
-wrong, the answer is (C)" gives C and "Answer: C; (A) was tempting" still gives C. Letters A-J (GPQA uses A-D,
-MMLU-Pro up to J; "I" not when it reads as the pronoun). Every pattern is linear (no nested quantifiers), so a hostile answer cannot stall it.
+wrong, the answer is (C)" gives C and "Answer: C; (A) was tempting" still gives C. Letters A-J (GPQA uses
+A-D, MMLU-Pro up to J; "I" not where it reads as the pronoun). Every pattern is linear (no nested quantifiers),
+so a hostile answer cannot stall it.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import logging
 import multiprocessing.connection
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,8 +125,10 @@ class WorkerPool:
         self._listener.settimeout(_CONNECT_TIMEOUT_S)
         self._token = secrets.token_hex(16)
         package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root,
-                                                                            os.environ.get("PYTHONPATH")])))
+        # TMPDIR: sandbox work directories go under the pool's private directory, removed with the pool even
+        # when a worker was killed in the middle of a run.
+        env = dict(os.environ, TMPDIR=self._dir, PYTHONPATH=os.pathsep.join(
+            filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self._zygote = subprocess.Popen([sys.executable, "-m", "prism_fast.rewards.zygote"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, close_fds=True)
         self._zygote.stdin.write(f"{self._token}\n{address}\n".encode())
@@ -272,6 +275,4 @@ class WorkerPool:
             self._zygote.wait()
         self._zygote.stdout.close()
         self._listener.close()
-        for name in os.listdir(self._dir):
-            os.unlink(os.path.join(self._dir, name))
-        os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)

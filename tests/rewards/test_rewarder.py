@@ -85,7 +85,8 @@ def test_submit_returns_at_once_and_result_collects_later():
 
 def test_penalties():
     loop = "<think>" + "I will check again. " * 60 + "</think> \\boxed{2}"
-    items = [_math(loop), _math("<think>ok</think> \\boxed{2}", truncated=True), _math("<think>a b c</think> \\boxed{2}")]
+    items = [_math(loop), _math("<think>ok</think> \\boxed{2}", truncated=True),
+             _math("<think>a b c</think> \\boxed{2}")]
     res = score(items, timeout_s=5, truncation_penalty=0.5, repetition_penalty=0.2, num_workers=2)
     assert res[0].reason == "ok" and res[0].correct == 1.0 and 0.8 < res[0].reward < 0.81    # 1 - 0.2 * ~0.97
     assert res[1].reason == "truncated" and res[1].correct == 0.0 and res[1].reward == pytest.approx(-0.5)
