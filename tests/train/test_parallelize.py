@@ -1,5 +1,6 @@
 """Activation checkpointing (full / every k-th block) leaves the loss, the gradients and the state_dict names of a
-real model unchanged; per-block compile keeps parameter names; FP8 fails loudly without CUDA + TE."""
+real model unchanged; per-block compile keeps parameter names; FP8 fails loudly without CUDA + TE; a real run
+records the resolved kernel choice."""
 import pytest
 import torch
 
@@ -76,3 +77,23 @@ def test_compiled_blocks_fullgraph_same_loss_and_grads():
     assert set(g1) == set(g0)
     for n, g in g0.items():
         torch.testing.assert_close(g1[n], g, atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.slow
+def test_midtrain_records_and_prints_the_resolved_kernels(tmp_path, hf_tokenizer_dir):
+    """A real 1-rank tiny run: the kernel choice is printed at start and the run's config.json holds the resolved
+    names (never "auto"); an invalid choice stops the launch at model build with one line listing what can run."""
+    import json
+
+    from tests.train import _runs
+    run_dir = tmp_path / "run"
+    common = [f"--data.cache_dir={tmp_path / 'corpus'}", f"--data.tokenizer={hf_tokenizer_dir}", "--train.steps=2",
+              "--schedule.warmup_steps=1", "--data.val_batches=0", "--checkpoint.save_final=false"]
+    bad = _runs.run(None, [f"--train.run_dir={tmp_path / 'bad'}", "--kernels.attention=flash_attn", *common],
+                    check=False)
+    assert bad.returncode == 2
+    assert "error: kernels.attention='flash_attn' cannot run on cpu" in bad.stdout + bad.stderr
+    p = _runs.run(None, [f"--train.run_dir={run_dir}", "--kernels.loss=torch", *common])
+    saved = json.loads((run_dir / "config.json").read_text())["kernels"]
+    assert saved["loss"] == "torch" and saved["attention"] == "torch" and "auto" not in saved.values()
+    assert "kernels (cpu, float32): attention=torch" in p.stdout + p.stderr
