@@ -181,9 +181,10 @@ class Mamba2Mixer(nn.Module):
             xs, Bm, Cm = torch.split(x_BTC, [I, G * N, G * N], dim=-1)
             out = ops.ssd_chunk_scan(
                 xs.reshape(Bsz, T, H, P), dt_BTH, A_H, Bm.reshape(Bsz, T, G, N), Cm.reshape(Bsz, T, G, N),
-                self.kernel_chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
-                seq_idx=seq_idx, initial_states=None if cache is None else cache.ssm_state,
-                return_final_states=cache is not None, backend=self.backends["ssd"])
+                self.kernel_chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                dt_limit=self.time_step_limit, seq_idx=seq_idx,
+                initial_states=None if cache is None else cache.ssm_state, return_final_states=cache is not None,
+                backend=self.backends["ssd"])
             if cache is not None:
                 out, final = out
                 cache.ssm_state.copy_(final)

@@ -16,8 +16,9 @@ The chunk loop is the custom op prism::fused_linear_cross_entropy_fwd (+ _bwd fo
 impls and registered autograd, so a compiled model keeps the loss as one graph node.
 Gradients: for mean/sum they are computed during forward (Liger-style: dlogits of a chunk are consumed by the two
 gradient GEMMs right away, so backward only scales dH/dW by the upstream scalar (out of place: one transient copy
-of each) and the 3 GEMMs of the unfused op are all that run). For reduction="none" the upstream gradient differs per token, so backward recomputes each
-chunk's logits (one extra GEMM). Under torch.no_grad() (evaluation) no gradient work is done.
+of each) and the 3 GEMMs of the unfused op are all that run). For reduction="none" the upstream gradient differs
+per token, so backward recomputes each chunk's logits (one extra GEMM). Under torch.no_grad() (evaluation) no
+gradient work is done.
 Compute dtype is weight.dtype (hidden is cast chunk by chunk); dW accumulates across chunks in fp32.
 The weight must be a plain tensor: under FSDP2 call the op inside the model's forward (docs/fused_loss.md).
 """
