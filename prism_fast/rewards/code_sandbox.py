@@ -51,8 +51,8 @@ MODES = ("namespaces", "uid", "rlimits")
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
     """Limits of one candidate run (picklable: it travels with each code task to the workers)."""
-    mode: str = "namespaces"
-    """One of MODES; Rewarder fills in the strongest this machine allows (probe_mode)."""
+    mode: str = "auto"
+    """One of MODES, or "auto": the strongest this machine allows (probe_mode, run by the Rewarder)."""
     python: str = "/usr/bin/python3"
     """Interpreter for candidates (must be executable by an unprivileged uid)."""
     memory_mb: int = 512
@@ -86,19 +86,35 @@ def sandbox_uid(worker_pid: int | None = None) -> int:
     return SANDBOX_UID_BASE + (os.getpid() if worker_pid is None else worker_pid)
 
 
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt", "/tmp", "/var", "/run", "/proc",
+                "/dev", "/sys")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def default_hide() -> tuple[str, ...]:
-    """The caller's home, working directory and this repository, minus anything the interpreter lives under."""
-    here = Path(__file__).resolve().parents[2]
-    cands = {os.path.expanduser("~"), os.getcwd(), str(here), "/root", "/home"}
+    """The caller's home, working directory and this repository (+ /root, /home): directories a candidate has no
+    business reading. A directory that holds or lies inside system directories (or the candidate interpreter)
+    is never hidden, since the interpreter needs them."""
+    here = str(Path(__file__).resolve().parents[2])
     python = os.path.realpath(os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3"))
-    keep = ("/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/tmp", "/proc", "/dev", "/sys", "/var")
-    return tuple(sorted(p for p in cands if os.path.isabs(p) and os.path.realpath(p) not in keep
-                        and not python.startswith(os.path.realpath(p).rstrip("/") + "/")))
+    hide = set()
+    for p in {os.path.expanduser("~"), os.getcwd(), here, "/root", "/home"}:
+        p = os.path.realpath(p)
+        if any(_within(p, d) or _within(d, p) for d in _SYSTEM_DIRS) or _within(python, p):
+            continue
+        hide.add(p)
+    return tuple(sorted(hide))
 
 
 def run_program(source: str, stdin: str | bytes, *, timeout_s: float, config: SandboxConfig,
                 stdout_cap: int | None = None) -> ProgramRun:
     """Run `source` as main.py in a fresh sandbox; stdin is fed from a file. Never raises for program faults."""
+    if config.mode not in MODES:
+        raise ValueError(f"run_program needs a resolved sandbox mode ({', '.join(MODES)}), got {config.mode!r}; "
+                         f"resolve 'auto' with probe_mode()")
     cap = config.stdout_cap_bytes if stdout_cap is None else stdout_cap
     workdir = tempfile.mkdtemp(prefix="prism_sandbox_")
     uid = sandbox_uid()
@@ -191,8 +207,13 @@ _probed: dict[str, str] = {}
 
 
 def probe_mode(config: SandboxConfig) -> SandboxConfig:
-    """`config` with the strongest mode this machine allows (checked once per process by running a tiny
-    program in each mode); logs once when it must fall back; raises RuntimeError when no mode works."""
+    """`config` with mode "auto" resolved to the strongest mode this machine allows (checked once per process by
+    running a tiny program in each mode); logs once when it must fall back; raises RuntimeError when no mode
+    works. An explicit mode is returned as it is."""
+    if config.mode != "auto":
+        if config.mode not in MODES:
+            raise ValueError(f"sandbox mode {config.mode!r}; valid: auto, {', '.join(MODES)}")
+        return config
     with _mode_lock:
         if config.python not in _probed:
             _probed[config.python] = _probe(config)

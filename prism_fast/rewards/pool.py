@@ -117,10 +117,14 @@ class WorkerPool:
 
     # ---------------------------------------------------------------------------------------------- workers
     def _start_zygote(self) -> None:
-        self._dir = tempfile.mkdtemp(prefix="prism_rewards_")        # 0700: only our uid can connect
+        # Traversable (the sandbox work directories below it, 0700 each, belong to the sandbox uids) but not
+        # listable; the socket itself is 0600, so only our uid can connect.
+        self._dir = tempfile.mkdtemp(prefix="prism_rewards_")
+        os.chmod(self._dir, 0o711)
         address = os.path.join(self._dir, "pool.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(address)
+        os.chmod(address, 0o600)
         self._listener.listen(64)
         self._listener.settimeout(_CONNECT_TIMEOUT_S)
         self._token = secrets.token_hex(16)
