@@ -45,16 +45,17 @@ def test_sigkilled_caller_leaves_nothing_running():
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     uids = {int(u) for u in proc.stdout.readline().split()}
     assert len(uids) == 3
-    deadline = time.monotonic() + 10
-    while len(processes_of_uids(uids)) < 3 and time.monotonic() < deadline:   # the hostile batch is running
+    running = lambda: {uid for _, uid in processes_of_uids(uids)}  # noqa: E731
+    deadline = time.monotonic() + 60                 # generous: the pool starts and probes the sandbox first
+    while len(running()) < 2 and time.monotonic() < deadline:      # both hostile programs are running
         time.sleep(0.05)
-    assert len(processes_of_uids(uids)) >= 3
+    assert len(running()) == 2
     assert len(_tagged(tag)) >= 5                    # caller, zygote, 3 workers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # the zygote sees EOF and exits, workers die with it and sandboxes with their worker (PR_SET_PDEATHSIG)
-    assert wait_no_processes(uids, timeout_s=5) == []
-    end = time.monotonic() + 5
+    assert wait_no_processes(uids, timeout_s=10) == []
+    end = time.monotonic() + 10
     while _tagged(tag) and time.monotonic() < end:
         time.sleep(0.1)
     assert _tagged(tag) == []

@@ -56,6 +56,7 @@ def test_blowups_end_as_timeout_and_the_batch_stays_on_time(rewarder):
     elapsed = time.monotonic() - t0
     assert [r.reason for r in res[:3]] == ["timeout"] * 3
     assert all(r.reason == "ok" and r.reward == 1.0 for r in res[3:]), res[3:]
-    # 3 x 2 s of timeouts over 2 workers, plus ~1 s of ordinary work: a stall would be 8 s or more per item
-    assert elapsed < 2 * 2.0 + 2 * 1.2 + 2.0, elapsed
-    assert max(r.seconds for r in res[:3]) < 2.0 + 1.2 + 0.5
+    # 3 x 2 s of timeouts over 2 workers plus ~1 s of ordinary work (slack for a loaded machine); unbounded,
+    # the nest alone takes ~8 s and the power tower does not finish
+    assert elapsed < 12, elapsed
+    assert max(r.seconds for r in res[:3]) < 2.0 * 1.1 + 1.0 + 1.0     # hard limit + dispatcher slack
