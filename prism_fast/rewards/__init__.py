@@ -10,7 +10,8 @@ Command line: python -m prism_fast.rewards score --domain D --input FILE.jsonl [
 [--timeout S]. See docs/rewards.md.
 """
 from prism_fast.rewards.api import Rewarder, RewardJob, score
-from prism_fast.rewards.code_sandbox import SandboxConfig
+from prism_fast.rewards.code_sandbox import SandboxConfig, SandboxUnavailable
 from prism_fast.rewards.items import REASONS, RewardItem, RewardResult
 
-__all__ = ["score", "Rewarder", "RewardJob", "RewardItem", "RewardResult", "SandboxConfig", "REASONS"]
+__all__ = ["score", "Rewarder", "RewardJob", "RewardItem", "RewardResult", "SandboxConfig", "SandboxUnavailable",
+           "REASONS"]

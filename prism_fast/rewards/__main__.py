@@ -50,10 +50,14 @@ def _score(args) -> int:
     from tqdm import tqdm
 
     from prism_fast.rewards.api import Rewarder
+    from prism_fast.rewards.code_sandbox import SandboxUnavailable
 
     items = _read(args.input, args.domain)
     with Rewarder(num_workers=args.workers, timeout_s=args.timeout, require_think=not args.no_think) as rewarder:
-        job = rewarder.submit(items)
+        try:
+            job = rewarder.submit(items)
+        except SandboxUnavailable as e:
+            raise UserError(str(e)) from None
         with tqdm(total=len(items), desc="scoring", unit="item", file=sys.stderr, disable=None) as bar:
             while not job.done():
                 time.sleep(0.2)

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def default_num_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Usable CPUs divided among the ranks of this node (torchrun's LOCAL_WORLD_SIZE): every rank of an RL run
+    owns a Rewarder, and 8 ranks x all CPUs worth of sympy processes would oversubscribe the node 8 times."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def _grace_s(budget_s: float) -> float:

@@ -48,6 +48,10 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.
 MODES = ("namespaces", "uid", "rlimits")
 
 
+class SandboxUnavailable(RuntimeError):
+    """No sandbox mode works on this machine (the message says what to fix)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
     """Limits of one candidate run (picklable: it travels with each code task to the workers)."""
@@ -208,8 +212,8 @@ _probed: dict[str, str] = {}
 
 def probe_mode(config: SandboxConfig) -> SandboxConfig:
     """`config` with mode "auto" resolved to the strongest mode this machine allows (checked once per process by
-    running a tiny program in each mode); logs once when it must fall back; raises RuntimeError when no mode
-    works. An explicit mode is returned as it is."""
+    running a tiny program in each mode); logs once when it must fall back; raises SandboxUnavailable when no
+    mode works. An explicit mode is returned as it is."""
     if config.mode != "auto":
         if config.mode not in MODES:
             raise ValueError(f"sandbox mode {config.mode!r}; valid: auto, {', '.join(MODES)}")
@@ -222,7 +226,7 @@ def probe_mode(config: SandboxConfig) -> SandboxConfig:
 
 def _probe(config: SandboxConfig) -> str:
     if not (os.path.isfile(config.python) and os.access(config.python, os.X_OK)):
-        raise RuntimeError(f"sandbox interpreter {config.python} not found: install python3 there or set "
+        raise SandboxUnavailable(f"sandbox interpreter {config.python} not found: install python3 there or set "
                            f"PRISM_SANDBOX_PYTHON to one that an unprivileged uid can execute")
     modes = MODES if os.geteuid() == 0 else ("rlimits",)
     failures = []
@@ -235,5 +239,5 @@ def _probe(config: SandboxConfig) -> str:
                     "rlimits only, same uid, no network or file isolation")
             return mode
         failures.append(f"{mode}: rc={run.returncode} {run.stderr_tail.strip()[-200:]}")
-    raise RuntimeError("code sandbox unusable: " + " | ".join(failures) + f". Make {config.python} executable "
+    raise SandboxUnavailable("code sandbox unusable: " + " | ".join(failures) + f". Make {config.python} executable "
                        f"by unprivileged users or set PRISM_SANDBOX_PYTHON")

@@ -9,9 +9,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "prism_fast.rewards", "score", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _write(path, lines):
@@ -72,6 +72,10 @@ def test_usage_errors(tmp_path):
     assert p.returncode == 2 and "invalid choice" in p.stderr
     p = _cli("--domain", "math", "--input", "x", "--timeout", "0")
     assert p.returncode == 2 and "--timeout must be > 0" in p.stderr
+    code = _write(tmp_path / "code.jsonl", [{"response": "```python\nprint(1)\n```",
+                                            "reference": {"tests": [{"input": "", "output": "1"}]}}])
+    p = _cli("--domain", "code", "--input", code, "--no-think", env=dict(os.environ, PRISM_SANDBOX_PYTHON="/no/py3"))
+    assert p.returncode == 2 and p.stderr.startswith("error: sandbox interpreter /no/py3 not found"), p.stderr
 
 
 def test_all_failed_batch_is_reported_as_such(tmp_path):
