@@ -320,4 +320,3 @@ class Trainer:
             destroy_distributed()
         elif dist.is_initialized():
             dist.destroy_process_group()
-

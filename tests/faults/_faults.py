@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,25 @@ def timed_resume(nproc, args: list[str], run_dir: Path, *, timeout: float = 240.
     out, _ = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
     assert proc.returncode == 0, f"resumed job failed ({proc.returncode}):\n{out[-4000:]}"
     return out, first if first is not None else time.perf_counter() - t0
+
+
+def read_until(proc, prefix: str, *, timeout: float) -> tuple[str | None, float]:
+    """Read the job's merged output line by line until a line starting with `prefix` (or EOF / timeout).
+    Returns (the line or None, seconds waited). Lines read here are no longer in proc.communicate()'s output."""
+    t0 = time.perf_counter()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in iter(proc.stdout.readline, "")] + [lines.put(None)],
+                     daemon=True).start()
+    while time.perf_counter() - t0 < timeout:
+        try:
+            ln = lines.get(timeout=max(0.01, timeout - (time.perf_counter() - t0)))
+        except queue.Empty:
+            break
+        if ln is None:
+            break
+        if ln.startswith(prefix):
+            return ln.rstrip("\n"), time.perf_counter() - t0
+    return None, time.perf_counter() - t0
 
 
 def worker_pids(agent_pid: int) -> dict[int, int]:

@@ -37,8 +37,8 @@ def test_sigterm_saves_then_resume_equals_the_reference(tmp_path, base, referenc
     proc = _faults.start(2, args)
     _faults.wait_for(lambda: _faults.logged_steps(d) >= 3, proc, what="three logged steps")
     proc.send_signal(signal.SIGTERM)  # to the torchrun agent, which forwards it to both workers
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0 and "SIGTERM: checkpoint at step" in out, out[-3000:]
+    out, _ = proc.communicate(timeout=240)  # torchrun itself exits non-zero on a signal; the workers exit 0
+    assert out.count("SIGTERM: checkpoint at step") == 2, out[-3000:]
     step = int(list_complete(d / "checkpoints")[-1].name.split("-")[1])
     assert 3 <= step == _faults.logged_steps(d) < STEPS, "preempted at the current step: nothing lost"
     out, secs = _faults.timed_resume(2, args, d)
@@ -67,8 +67,9 @@ def test_rank_killed_while_others_wait_in_a_collective(tmp_path, base):
 
 
 def test_hung_rank_times_out_with_one_clear_line(tmp_path, base):
-    """SIGSTOP rank 1 (a hung rank: alive, silent, so torchrun sees nothing): rank 0 waits in its next collective
-    for --train.dist_timeout_s, then exits with one line naming the failed collective; the job ends."""
+    """SIGSTOP rank 1 (a hung rank: alive and silent, so torchrun sees nothing): rank 0 waits in its next
+    collective for --train.dist_timeout_s, then prints one line naming the failed collective and exits. (torchrun
+    would SIGKILL the stopped rank after its 30 s shutdown grace; the test does it at once to stay short.)"""
     d = tmp_path / "run"
     proc = _faults.start(2, base + [f"--train.run_dir={d}", "--train.steps=400", "--checkpoint.interval=0",
                                     "--train.dist_timeout_s=10"])
@@ -77,16 +78,13 @@ def test_hung_rank_times_out_with_one_clear_line(tmp_path, base):
     t0 = time.perf_counter()
     os.kill(pids[1], signal.SIGSTOP)
     try:
-        out, _ = proc.communicate(timeout=120)
+        line, secs = _faults.read_until(proc, "error: rank 0: a collective failed", timeout=120)
     finally:
-        try:
-            os.kill(pids[1], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    secs = time.perf_counter() - t0
-    assert proc.returncode != 0 and secs < 90, (secs, out[-3000:])
-    lines = [ln for ln in out.splitlines() if ln.startswith("error: rank 0: a collective failed")]
-    assert len(lines) == 1, out[-4000:]
-    _faults.record("A rank hangs (SIGSTOP), dist_timeout_s=10", True,
-                   "steps since the newest checkpoint; survivors exit after the timeout", secs,
-                   note="time to job exit")
+        os.kill(pids[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    assert line is not None and secs < 60, (secs, out[-3000:])
+    assert "Timed out" in line or "timed out" in line.lower(), line
+    assert proc.returncode != 0 and "error: rank 0: a collective failed" not in out, "printed once"
+    _faults.record("A rank hangs (SIGSTOP), dist_timeout_s=10, 2 ranks", True,
+                   "steps since the newest checkpoint; the survivor exits after the timeout", secs,
+                   note="time from the hang to the survivor's error line")
