@@ -20,16 +20,27 @@ import torch
 import triton
 import triton.language as tl
 
+from .configs import SSD, pick
+
 
 @triton.jit
 def mm(a, b, DOT_MODE: tl.constexpr):
     """a @ b with fp32 accumulation. DOT_MODE (an int so AOT specs stay JSON): 0 fp32 IEEE, 1 bf16, 2 fp16."""
+    # the precision flag only affects fp32 operands ("tf32" is Triton's default; see kernels/_dot.py)
     if DOT_MODE == 1:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), input_precision="tf32")
     elif DOT_MODE == 2:
-        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), input_precision="tf32")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def program_ids():
+    """The three program ids as int64. Every offset in the SSD kernels is a product with one of them, and at
+    long context they pass 2^31 elements: t * stride_t of a [B, T, H, P] view at 256k tokens x 128 heads x 64,
+    ((b * nc + c) * H + h) * P * N of the chunk states. In int32 those wrap to negative offsets."""
+    return tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
 
 
 @triton.jit
@@ -47,6 +58,11 @@ def rows_times_state(A_base, A_stride_t, A_stride_p, t, T, S_base, P, N, offs_n,
                     other=0.0)
         acc += mm(a, s, DOT_MODE)
     return acc
+
+
+def launch_opts(t: torch.Tensor) -> dict:
+    """num_warps / num_stages for a launch on t's device (kernels/configs.py SSD table)."""
+    return pick(SSD, t.device, 0)
 
 
 def interpreting() -> bool:

@@ -40,7 +40,8 @@ def _causal_conv1d_fwd_kernel(
     WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
 ):
-    pid_t, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # int64: pid_b * stride_b and t * stride_t pass 2^31 elements at long context (int32 would wrap)
+    pid_t, pid_c, pid_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     if HAS_BIAS:
@@ -64,7 +65,8 @@ def _causal_conv1d_bwd_kernel(
     WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
 ):
-    pid_t, pid_c, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # int64: pid_b * stride_b and t * stride_t pass 2^31 elements at long context (int32 would wrap)
+    pid_t, pid_c, pid_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C

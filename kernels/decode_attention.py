@@ -20,6 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ._dot import dot
+from .configs import DECODE, pick
+
 LOG2E = 1.4426950408889634
 
 
@@ -66,13 +69,13 @@ def _decode_attn_fwd_kernel(Q, K, V, SEQLENS, BT, PO, PLSE,
         if not DOT_LOWP:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale2                                          # [BLOCK_H, BLOCK_N]
+        s = dot(q, tl.trans(k), DOT_LOWP) * qk_scale2                                # [BLOCK_H, BLOCK_N]
         s = tl.where(c_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])       # every tile has >= 1 valid key, so m_new is finite
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_LOWP)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -104,11 +107,9 @@ def _decode_attn_combine_kernel(PO, PLSE, O, n_splits, stride_pob, stride_poh, s
     tl.store(O + b * stride_ob + h * stride_oh + offs_d, o.to(O.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
-def decode_config(device: torch.device) -> dict:
-    """GPU: 64-key tiles, 4 warps (memory-bound loop); NOT tuned on an H200 here. Interpreter: 16-key tiles."""
-    if device.type != "cuda":
-        return dict(BLOCK_N=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_N=64, num_warps=4, num_stages=2)
+def decode_config(device: torch.device, head_dim: int = 128) -> dict:
+    """Key tile / warps / stages from kernels/configs.py (memory-bound loop; raises past head dim 256)."""
+    return pick(DECODE, device, head_dim)
 
 
 def decode_attn_fwd(q, k_cache, v_cache, cache_seqlens, *, softmax_scale: float, window_left: int = -1,
@@ -125,7 +126,7 @@ def decode_attn_fwd(q, k_cache, v_cache, cache_seqlens, *, softmax_scale: float,
     capacity = block_table.shape[1] * page_size if paged else k_cache.shape[1]
     visible = capacity if window_left < 0 else min(capacity, window_left + 1)
     left = capacity if window_left < 0 else window_left
-    cfg = decode_config(q.device)
+    cfg = decode_config(q.device, Dh)
     if block_n:
         cfg["BLOCK_N"] = block_n
     bn = cfg["BLOCK_N"]

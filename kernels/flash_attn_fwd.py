@@ -9,8 +9,8 @@ What is unusual here:
   from cu_seqlens on the device: no host sync, one extra launch, and at most n_docs programs of the upper-bound
   grid cdiv(T, BLOCK_M) + n_docs exit at once. A (cdiv(max_seqlen, BLOCK_M), n_docs) grid would launch
   n_docs * max_blocks programs, mostly empty for an 8k pack of short documents, and needs max_seqlen on the
-  host. Within a document the blocks are numbered last first: under a causal mask the last blocks do the most
-  work, so they start first (less tail).
+  host. Within a document the heaviest blocks start first (less tail): under a causal mask the last query
+  blocks see the most keys, while for dK/dV the first key blocks are seen by the most queries (`last_first`).
 - Causal is not a kernel variant: flash-attn semantics make causal equal to window right = 0, so the kernel
   only sees a window (left, right), with "unbounded" replaced by T on the host. Key blocks outside the
   document or window are never visited (loop bounds); the key range is split into [masked | unmasked |
@@ -24,6 +24,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ._dot import dot
+from .configs import ATTN_FWD, pick
 
 LOG2E = 1.4426950408889634
 
@@ -84,10 +87,11 @@ def _run(lo, n_pre, n_full, n_post, PHASE: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _find_work(CU, CUM, item, n_docs):
+def _find_work(CU, CUM, item, n_docs, last_first):
     """Work item -> (doc, first token as int64, document length, block index), by binary search of the
     inclusive cumulative block counts CUM [n_docs]. doc == n_docs for the spare items past the last block.
-    Blocks are numbered last first within a document (causal: the longest programs start first)."""
+    Within a document blocks are numbered last first when last_first != 0, else first first: the launchers
+    pick the order that starts the longest programs first (see heavy_last)."""
     lo = item * 0
     hi = lo + n_docs
     while lo < hi:
@@ -96,7 +100,8 @@ def _find_work(CU, CUM, item, n_docs):
         lo = tl.where(right, mid + 1, lo)
         hi = tl.where(right, hi, mid)
     d = tl.minimum(lo, n_docs - 1)              # keep the loads in bounds for spare items (they return)
-    blk = tl.load(CUM + d) - 1 - item           # = (blocks of d - 1) - (item - first item of d)
+    first_item = tl.load(CUM + d - 1, mask=d > 0, other=0)
+    blk = tl.where(last_first != 0, tl.load(CUM + d) - 1 - item, item - first_item)
     start = tl.load(CU + d)
     return lo, start.to(tl.int64), tl.load(CU + d + 1) - start, blk
 
@@ -123,7 +128,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, off
         cols = start + b * BLOCK_N + offs_n
         k = _load_tile(k_base, cols, cols < seqlen, stride_kt, offs_d, HEAD_DIM, BLOCK_D, MASKED, DOT_LOWP)
         v = _load_tile(v_base, cols, cols < seqlen, stride_vt, offs_d, HEAD_DIM, BLOCK_D, MASKED, DOT_LOWP)
-        s = tl.dot(q, tl.trans(k)) * qk_scale2                                          # [BM, BN]
+        s = dot(q, tl.trans(k), DOT_LOWP) * qk_scale2                                # [BM, BN]
         if MASKED:
             s = tl.where(_visible(rows, cols, seqlen, window_left, window_right), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -135,7 +140,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, off
         p = tl.exp2(s - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, DOT_LOWP)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -144,11 +149,11 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, rows, off
 def _varlen_attn_fwd_kernel(Q, K, V, O, LSE, CU, CUM,
                             stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                             stride_ot, stride_oh, stride_lh, n_docs, qk_scale2, window_left, window_right,
-                            GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                            last_first, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_LOWP: tl.constexpr):
     item = tl.program_id(0)
     h = tl.program_id(1)
-    doc, tok0, seqlen, mblk = _find_work(CU, CUM, item, n_docs)
+    doc, tok0, seqlen, mblk = _find_work(CU, CUM, item, n_docs, last_first)
     if doc >= n_docs:
         return
     kvh = h // GROUP
@@ -214,14 +219,15 @@ def pick_dot_lowp(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
+def heavy_last(window_left: int, window_right: int) -> int:
+    """1 when the last query blocks of a document see the most keys (causal: left >= right), else 0. The dK/dV
+    kernel, whose key blocks are seen by queries on the mirrored side, uses the opposite order."""
+    return int(window_left >= window_right)
+
+
 def fwd_config(head_dim: int, device: torch.device) -> dict:
-    """Block sizes / warps. Interpreter: one small config. GPU: FA2-Triton-style defaults, NOT tuned on an H200
-    in this repo (no GPU was available when they were picked); bench/bench_attention.py --device cuda checks them."""
-    if device.type != "cuda":
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)
-    if head_dim <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    """Block sizes / warps / stages from kernels/configs.py (raises past head dim 256)."""
+    return pick(ATTN_FWD, device, head_dim)
 
 
 def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, window_size=(-1, -1),
@@ -246,6 +252,6 @@ def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, 
         q, k, v, out, lse, cu_seqlens, doc_block_cumsum(cu_seqlens, cfg["BLOCK_M"]),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0), n_docs, softmax_scale * LOG2E, left, right,
-        GROUP=H // Hkv, HEAD_DIM=Dh, BLOCK_D=triton.next_power_of_2(Dh), DOT_LOWP=pick_dot_lowp(q.dtype, q.device),
-        **cfg)
+        heavy_last(left, right), GROUP=H // Hkv, HEAD_DIM=Dh, BLOCK_D=triton.next_power_of_2(Dh),
+        DOT_LOWP=pick_dot_lowp(q.dtype, q.device), **cfg)
     return out, lse

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids
 
 
 @triton.jit
@@ -24,7 +24,7 @@ def _ssd_bmm_fwd_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_g = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(L, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -57,7 +57,7 @@ def _ssd_bmm_bwd_dcb_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_g = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(L, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -111,7 +111,7 @@ def ssd_bmm_fwd(C, B, chunk_size):
     bm, nt = _tiles(L)
     _ssd_bmm_fwd_kernel[(nt * nt, Bsz * nc, G)](
         C, B, CB, T, G, N, nc, *C.stride(), *B.stride(),
-        L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(N, 32), DOT_MODE=dot_mode(C.dtype), num_warps=4)
+        L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(N, 32), DOT_MODE=dot_mode(C.dtype), **launch_opts(C))
     return CB
 
 
@@ -125,5 +125,5 @@ def ssd_bmm_bwd_dcb(x, dy, dt_out, dA_cs, seg, G):
         x, dy, dt_out, dA_cs, seg if seg is not None else dt_out, dCB, T, H, G, P, nc,
         *x.stride(), *dy.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bm, BLOCK_K=block(P), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), **launch_opts(x))
     return dCB

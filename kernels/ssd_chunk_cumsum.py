@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._ssd_common import launch_opts, program_ids
+
 _SOFTPLUS_THRESHOLD = 20.0
 
 
@@ -27,7 +29,7 @@ def _ssd_chunk_cumsum_fwd_kernel(
     L: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
 ):
-    pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_b, pid_c, pid_h = program_ids()
     offs_l = tl.arange(0, L)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     t = pid_c * L + offs_l
@@ -58,7 +60,7 @@ def _ssd_chunk_cumsum_bwd_kernel(
     L: tl.constexpr, BLOCK_H: tl.constexpr,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
 ):
-    pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_b, pid_c, pid_h = program_ids()
     offs_l = tl.arange(0, L)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     t = pid_c * L + offs_l
@@ -117,7 +119,7 @@ def ssd_chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_limit):
         dt, A, dt_bias if dt_bias is not None else A, dt_out, dA_cs, T, H, nc, lo, hi,
         dt.stride(0), dt.stride(1), dt.stride(2),
         L=L, BLOCK_H=BH, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        num_warps=4)
+        **launch_opts(dt))
     return dt_out, dA_cs
 
 
@@ -135,6 +137,6 @@ def ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, inter, cross, sv, dda_last, ddt
         ddt, dA_part, dbias_part, T, H, nc, lo, hi,
         dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         L=L, BLOCK_H=BH, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        num_warps=4)
+        **launch_opts(dt))
     ddt_bias = dbias_part.sum((0, 1)) if dt_bias is not None else None
     return ddt.to(dt.dtype), dA_part.sum((0, 1)), ddt_bias

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm, rows_times_state
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, rows_times_state
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def _ssd_chunk_scan_fwd_kernel(
     HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr, HAS_Z: tl.constexpr,
     DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_h = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(P, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -105,7 +105,7 @@ def _ssd_gate_bwd_kernel(
     Y_stride_b, Y_stride_t, Y_stride_h, Y_stride_p,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid_t, pid_b, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_b, pid_h = program_ids()
     t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     p = tl.arange(0, BLOCK_P)
     m = (t < T)[:, None] & (p < P)[None, :]
@@ -129,7 +129,7 @@ def _ssd_chunk_scan_bwd_dstates_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_h = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -169,7 +169,7 @@ def _ssd_chunk_scan_bwd_dc_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_g = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -222,7 +222,7 @@ def ssd_chunk_scan_fwd(CB, x, z, C, S_in, dt_out, dA_cs, seg, D):
         T, H, G, P, N, nc, *x.stride(), *(z if z is not None else x).stride(), *C.stride(), *out.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(N, L)), HAS_SEQ=seg is not None,
         HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        DOT_MODE=dot_mode(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), **launch_opts(CB))
     return out, y_pre
 
 
@@ -235,7 +235,7 @@ def ssd_gate_bwd(dout, z, y_pre):
     bt = max(1, min(64, 4096 // bp))
     _ssd_gate_bwd_kernel[(triton.cdiv(T, bt), Bsz, H)](
         dout, z, y_pre, dy, dz, T, P, *dout.stride(), *z.stride(), *y_pre.stride(),
-        BLOCK_T=bt, BLOCK_P=bp, num_warps=4)
+        BLOCK_T=bt, BLOCK_P=bp, **launch_opts(dout))
     return dy, dz
 
 
@@ -250,7 +250,7 @@ def ssd_chunk_scan_bwd_dstates(dy, C, dA_cs, seg):
     _ssd_chunk_scan_bwd_dstates_kernel[grid](
         dy, C, dA_cs, seg if seg is not None else dA_cs, dstates, T, H, G, P, N, nc, *dy.stride(), *C.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(L), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(dy.dtype), num_warps=4)
+        DOT_MODE=dot_mode(dy.dtype), **launch_opts(dy))
     return dstates
 
 
@@ -266,5 +266,5 @@ def ssd_chunk_scan_bwd_dc(dy, S_in, dA_cs, seg, dCB, B, dtype):
         dy, S_in, dA_cs, seg if seg is not None else dA_cs, dCB, B, dC, T, H, G, P, N, nc,
         *dy.stride(), *B.stride(), *dC.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(P, L)), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(dy.dtype), num_warps=4)
+        DOT_MODE=dot_mode(dy.dtype), **launch_opts(dy))
     return dC

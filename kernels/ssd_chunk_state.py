@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm, rows_times_state
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, rows_times_state
 
 
 @triton.jit
@@ -25,7 +25,7 @@ def _ssd_chunk_state_fwd_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_h = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -68,7 +68,7 @@ def _ssd_chunk_state_bwd_db_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    pid_t, pid_bc, pid_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_t, pid_bc, pid_g = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     n_tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = pid_t // n_tiles_n, pid_t % n_tiles_n
@@ -122,7 +122,7 @@ def ssd_chunk_state_fwd(x, B, dt_out, dA_cs, seg):
         x, B, dt_out, dA_cs, seg if seg is not None else dt_out, states, T, H, G, P, N, nc,
         *x.stride(), *B.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(L), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), **launch_opts(x))
     return states
 
 
@@ -138,5 +138,5 @@ def ssd_chunk_state_bwd_db(x, C, dt_out, dA_cs, seg, ds_out, dCB, dtype):
         x, C, dt_out, dA_cs, seg if seg is not None else dt_out, ds_out, dCB, dB, T, H, G, P, N, nc,
         *x.stride(), *C.stride(), *dB.stride(),
         L=L, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block(max(P, L)), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), **launch_opts(x))
     return dB

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids
 from .ssd_bmm import ssd_bmm_bwd_dcb, ssd_bmm_fwd
 from .ssd_chunk_cumsum import ssd_chunk_cumsum_bwd, ssd_chunk_cumsum_fwd
 from .ssd_chunk_scan import (ssd_chunk_scan_bwd_dc, ssd_chunk_scan_bwd_dstates, ssd_chunk_scan_fwd,
@@ -39,7 +39,7 @@ def _ssd_chunk_scan_chunk_state_bwd_dx_kernel(
     BLOCK_N: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, D_HAS_HDIM: tl.constexpr,
     DOT_MODE: tl.constexpr,
 ):
-    pid_m, pid_bc, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_m, pid_bc, pid_h = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     g = pid_h // (H // G)
     offs_j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -129,7 +129,7 @@ def ssd_chunk_scan_chunk_state_bwd_dx(x, dy, D, B, CB, dA_cs, dt_out, seg, ds_ou
         *x.stride(), *dy.stride(), *B.stride(), *dx.stride(),
         L=L, BLOCK_M=bm, BLOCK_P=max(16, triton.next_power_of_2(P)), BLOCK_K=bm, BLOCK_N=block(N, 32 if P > 64 else 64),
         HAS_SEQ=seg is not None, HAS_D=D is not None, D_HAS_HDIM=has_hdim, DOT_MODE=dot_mode(x.dtype),
-        num_warps=4)
+        **launch_opts(x))
     dD = None
     if D is not None:
         dD = dd_part.sum((0, 1))

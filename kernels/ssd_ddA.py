@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, mm, rows_times_state
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, rows_times_state
 
 
 @triton.jit
@@ -33,9 +33,7 @@ def _ssd_bwd_ddA_kernel(
     L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_SEQ: tl.constexpr, DOT_MODE: tl.constexpr,
 ):
-    # int64 program ids: every offset below is a product with one of them (see _ssd_common).
-    pid_m, pid_bc, pid_h = (tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
-                            tl.program_id(2).to(tl.int64))
+    pid_m, pid_bc, pid_h = program_ids()
     pid_b, pid_c = pid_bc // nc, pid_bc % nc
     g = pid_h // (H // G)
     offs_i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -110,5 +108,5 @@ def ssd_bwd_ddA(x, dy, C, CB, S_in, dt_out, dA_cs, seg):
         x, dy, C, CB, S_in, dt_out, dA_cs, seg if seg is not None else dt_out, inter, cross_part,
         T, H, G, P, N, nc, n_mblk, *x.stride(), *dy.stride(), *C.stride(),
         L=L, BLOCK_M=bm, BLOCK_J=bm, BLOCK_K=block(P), BLOCK_N=block(N), HAS_SEQ=seg is not None,
-        DOT_MODE=dot_mode(x.dtype), num_warps=4)
+        DOT_MODE=dot_mode(x.dtype), **launch_opts(x))
     return inter, cross_part.sum(3)

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._ssd_common import launch_opts, program_ids
+
 
 @triton.jit
 def _chunk_decay(DA_CS_ptr, SEG_ptr, pid_b, pid_h, c, H, nc, L: tl.constexpr, HAS_SEQ: tl.constexpr):
@@ -34,7 +36,7 @@ def _ssd_state_passing_fwd_kernel(
     H, nc, DIM,
     L: tl.constexpr, BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
 ):
-    pid_blk, pid_b, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_blk, pid_b, pid_h = program_ids()
     offs = pid_blk * BLOCK + tl.arange(0, BLOCK)
     m = offs < DIM
     if HAS_INIT:
@@ -55,7 +57,7 @@ def _ssd_state_passing_bwd_kernel(
     H, nc, DIM, n_blk,
     L: tl.constexpr, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr,
 ):
-    pid_blk, pid_b, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_blk, pid_b, pid_h = program_ids()
     offs = pid_blk * BLOCK + tl.arange(0, BLOCK)
     m = offs < DIM
     if HAS_DFINAL:
@@ -88,7 +90,7 @@ def ssd_state_passing_fwd(states, dA_cs, seg, initial_states):
     blk = _block(dim)
     _ssd_state_passing_fwd_kernel[(triton.cdiv(dim, blk), Bsz, H)](
         states, dA_cs, seg if seg is not None else dA_cs, init if init is not None else final, final,
-        H, nc, dim, L=L, BLOCK=blk, HAS_INIT=init is not None, HAS_SEQ=seg is not None, num_warps=4)
+        H, nc, dim, L=L, BLOCK=blk, HAS_INIT=init is not None, HAS_SEQ=seg is not None, **launch_opts(states))
     return states, final
 
 
@@ -105,5 +107,5 @@ def ssd_state_passing_bwd(dstates, S_in, dA_cs, seg, dfinal):
     _ssd_state_passing_bwd_kernel[(n_blk, Bsz, H)](
         dstates, S_in, dA_cs, seg if seg is not None else dA_cs, dfinal if dfinal is not None else dinit,
         dinit, dda_part, H, nc, dim, n_blk,
-        L=L, BLOCK=blk, HAS_DFINAL=dfinal is not None, HAS_SEQ=seg is not None, num_warps=4)
+        L=L, BLOCK=blk, HAS_DFINAL=dfinal is not None, HAS_SEQ=seg is not None, **launch_opts(dstates))
     return dstates, dinit, dda_part.sum(-1)

@@ -31,8 +31,8 @@ def _ssd_state_update_kernel(
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_DT_LIMIT: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
+    b = tl.program_id(1).to(tl.int64)          # b * stride_b of the [B, H, P, N] state cache may pass 2^31
+    h = tl.program_id(2).to(tl.int64)
     g = h // heads_per_group
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)

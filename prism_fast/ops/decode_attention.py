@@ -16,6 +16,7 @@ from typing import Optional  # torch 2.6's custom_op schema inference predates `
 
 import torch
 
+from prism_fast.kernels.configs import HEAD_DIM_MAX
 from prism_fast.ops._dispatch import resolve, triton_usable
 
 _VALID = ("torch", "triton")
@@ -104,6 +105,9 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, softmax_scale=None, 
             _check(q, k_cache, v_cache, cache_seqlens)
         if not (_TRITON_CUDA if q.is_cuda else _TRITON_CPU):
             raise RuntimeError("decode_attention: backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1)")
+        if q.shape[-1] > HEAD_DIM_MAX:
+            raise ValueError(f"decode_attention: backend 'triton' supports head dims <= {HEAD_DIM_MAX}, got "
+                             f"{q.shape[-1]}; use backend='torch'")
         scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
         return _decode_attention_triton(q, k_cache, v_cache, cache_seqlens, float(scale), int(window_size[0]),
                                         block_table)

@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from prism_fast.kernels.configs import HEAD_DIM_MAX
 from prism_fast.ops._attention_cpu import varlen_attention_cpu
 from prism_fast.ops._dispatch import has_module, resolve, triton_usable
 
@@ -212,6 +213,9 @@ def varlen_attention(q, k, v, cu_seqlens, max_seqlen=None, *, causal=True, softm
         if not (_HAS_TRITON and (q.is_cuda or _TRITON_CPU_OK)):
             raise RuntimeError("varlen_attention: backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 "
                                "for CPU tests) and `pip install triton`")
+        if q.shape[-1] > HEAD_DIM_MAX:
+            raise ValueError(f"varlen_attention: backend 'triton' supports head dims <= {HEAD_DIM_MAX} (its tiles "
+                             f"must fit in shared memory), got {q.shape[-1]}; use backend='torch' or 'flash_attn'")
         out, _ = _varlen_attention_fwd_op(q, k, v, cu_seqlens.to(q.device, torch.int32), bool(causal), float(scale),
                                           *window_size)
         return out

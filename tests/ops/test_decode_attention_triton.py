@@ -1,12 +1,11 @@
 """decode_attention "triton" backend (split-K kernel, interpreter on CPU): vs decode_attention_ref, vs full
-(varlen) attention over the cache contents, contiguous vs paged caches, and AOT compile for sm_90 / sm_80."""
+(varlen) attention over the cache contents, contiguous vs paged caches (AOT compiles: tests/kernels/test_aot.py)."""
 import pytest
 import torch
 
 from prism_fast.ops import varlen_attention_ref
 from prism_fast.ops.decode_attention import decode_attention, decode_attention_ref
-from tests.aot_util import aot_compile, assert_all_compiled
-from tests.ops.test_varlen_attention import _assert_close, kernel_signature
+from tests.ops.test_varlen_attention import _assert_close
 
 TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3)}
 
@@ -69,33 +68,6 @@ def test_paged_equals_contiguous_and_split_counts_agree():
     for splits in (1, 3, 6):
         _assert_close(f"splits={splits}", decode_attn_fwd(q, k, v, seqlens, softmax_scale=Dh ** -0.5,
                                                           num_splits=splits), want, 2e-5, 2e-5)
-
-
-@pytest.mark.slow
-def test_aot_compile_sm90_sm80():
-    """sm_90: decode (GQA 4, bf16) for head dims 64/80/96/128 contiguous and 128 paged, and the combine kernel;
-    sm_80: Dh 128 contiguous + paged and the combine kernel (the others differ only by constexpr sizes)."""
-    from prism_fast.kernels.decode_attention import decode_config
-    cfg = decode_config(torch.device("cuda"))
-    mod = "prism_fast.kernels.decode_attention"
-    specs = []
-    for Dh in (64, 80, 96, 128):
-        for paged in ((False, True) if Dh == 128 else (False,)):
-            cexp = {"GROUP": 4, "HEAD_DIM": Dh, "BLOCK_H": 16, "BLOCK_N": cfg["BLOCK_N"],
-                    "BLOCK_D": 1 << (Dh - 1).bit_length(), "PAGED": paged, "PAGE_SIZE": 256 if paged else 1,
-                    "DOT_LOWP": True}
-            sig = kernel_signature(mod, "_decode_attn_fwd_kernel", "*bf16", cexp, fp32_ptrs=("PO", "PLSE"),
-                                   int_ptrs=("SEQLENS", "BT"), floats=("qk_scale2",))
-            specs.append({"module": mod, "kernel": "_decode_attn_fwd_kernel", "signature": sig, "constexprs": cexp,
-                          "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
-    cexp = {"HEAD_DIM": 128, "BLOCK_S": 16, "BLOCK_D": 128}
-    sig = kernel_signature(mod, "_decode_attn_combine_kernel", "*bf16", cexp, fp32_ptrs=("PO", "PLSE"))
-    specs.append({"module": mod, "kernel": "_decode_attn_combine_kernel", "signature": sig, "constexprs": cexp,
-                  "num_warps": 4})
-    specs80 = [s for s in specs if s["constexprs"]["HEAD_DIM"] == 128]
-    recs = aot_compile(specs, archs=(90,)) + aot_compile(specs80, archs=(80,))
-    assert_all_compiled(recs)
-    assert len(recs) == len(specs) + len(specs80) == 9
 
 
 def test_compile_fullgraph_and_fake_impl():

@@ -4,16 +4,13 @@ Ground truth is ssd_scan_naive (one time step at a time, fp32). Gradients of the
 with autograd through ssd_chunk_scan_ref (itself checked against the naive forward). Shapes are tiny (H 2-4,
 P 8-16, N 8-16, chunk 16-32) so the interpreter stays affordable; lengths 1, 37, 130 are not multiples of the
 chunk, packed rows put document starts inside chunks, on chunk borders and at t = 0. GPU chunk sizes 64-256 are
-covered by the AOT compile test (and tests/gpu/test_ssm_gpu.py on a GPU).
+covered by tests/kernels/test_aot.py (and tests/gpu/test_ssm_gpu.py on a GPU).
 """
-import inspect
-
 import pytest
 import torch
 
 from prism_fast.ops import ssd_chunk_scan, ssd_scan_naive
 from prism_fast.ops.ssd_chunk_scan import ssd_chunk_scan_ref
-from tests.aot_util import aot_compile, assert_all_compiled
 
 ATOL, RTOL = 2e-5, 2e-5            # fp32 forward
 ATOL_G, RTOL_G = 1e-4, 1e-4        # fp32 gradients (dA / ddt_bias are sums over B*T terms: scaled below)
@@ -189,70 +186,3 @@ def test_user_errors():
         ssd_chunk_scan(args[0], args[1], args[2], torch.randn(1, 8, 3, 8), torch.randn(1, 8, 3, 8), 16)
     with pytest.raises(ValueError, match="unknown backend"):
         ssd_chunk_scan(*args, 16, backend="cuda")
-
-
-def _sig(module, kernel, constexprs, ptr, int_ptrs=("SEG_ptr",), floats=("dt_min", "dt_max"), fp32_ptrs=()):
-    """Signature for aot_compile: *_ptr arguments get `ptr` (user tensors) or *fp32 (intermediates)."""
-    import importlib
-    fn = getattr(importlib.import_module(module), kernel)
-    params = list(inspect.signature(fn.fn).parameters)
-    sig = {}
-    for p in params:
-        if p in constexprs:
-            sig[p] = "constexpr"
-        elif p in int_ptrs:
-            sig[p] = "*i32"
-        elif p.endswith("_ptr"):
-            sig[p] = "*fp32" if p in fp32_ptrs else ptr
-        else:
-            sig[p] = "fp32" if p in floats else "i32"
-    return sig
-
-
-_INTERMEDIATE = ("DT_OUT_ptr", "DA_CS_ptr", "CB_ptr", "DCB_ptr", "STATES_ptr", "S_IN_ptr", "DS_OUT_ptr",
-                 "DSTATES_ptr", "DDACS_ptr", "SV_ptr", "DDA_LAST_ptr", "DDT_DIRECT_ptr", "DA_PART_ptr",
-                 "DDT_BIAS_PART_ptr", "DD_PART_ptr", "DDA_PART_ptr", "INIT_ptr", "FINAL_ptr", "DFINAL_ptr",
-                 "DINIT_ptr", "DDT_ptr", "A_ptr", "DT_BIAS_ptr", "D_ptr")
-
-
-def _ssd_specs(L, P, N, lowp):
-    """Every SSD kernel with the GPU launch constexprs (tiles of 64, bf16 dots when lowp) for chunk L."""
-    m = "prism_fast.kernels."
-    ptr = "*bf16" if lowp else "*fp32"
-    dot = {"DOT_MODE": 1 if lowp else 0}
-    b64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)
-    flags = dict(HAS_SEQ=True)
-    table = [
-        ("ssd_chunk_cumsum", "_ssd_chunk_cumsum_fwd_kernel",
-         dict(L=L, BLOCK_H=8192 // L, HAS_DT_BIAS=True, DT_SOFTPLUS=True, HAS_LIMIT=True)),
-        ("ssd_chunk_cumsum", "_ssd_chunk_cumsum_bwd_kernel",
-         dict(L=L, BLOCK_H=8192 // L, HAS_DT_BIAS=True, DT_SOFTPLUS=True, HAS_LIMIT=True)),
-        ("ssd_bmm", "_ssd_bmm_fwd_kernel", dict(L=L, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, **dot)),
-        ("ssd_bmm", "_ssd_bmm_bwd_dcb_kernel", dict(L=L, **b64, **flags, **dot)),
-        ("ssd_chunk_state", "_ssd_chunk_state_fwd_kernel", dict(L=L, **b64, **flags, **dot)),
-        ("ssd_chunk_state", "_ssd_chunk_state_bwd_db_kernel", dict(L=L, **b64, **flags, **dot)),
-        ("ssd_state_passing", "_ssd_state_passing_fwd_kernel", dict(L=L, BLOCK=1024, HAS_INIT=True, **flags)),
-        ("ssd_state_passing", "_ssd_state_passing_bwd_kernel", dict(L=L, BLOCK=1024, HAS_DFINAL=True, **flags)),
-        ("ssd_chunk_scan", "_ssd_chunk_scan_fwd_kernel",
-         dict(L=L, **b64, **flags, HAS_D=True, D_HAS_HDIM=False, HAS_Z=True, **dot)),
-        ("ssd_chunk_scan", "_ssd_gate_bwd_kernel", dict(BLOCK_T=64, BLOCK_P=P)),
-        ("ssd_chunk_scan", "_ssd_chunk_scan_bwd_dstates_kernel", dict(L=L, **b64, **flags, **dot)),
-        ("ssd_chunk_scan", "_ssd_chunk_scan_bwd_dc_kernel", dict(L=L, **b64, **flags, **dot)),
-        ("ssd_combined", "_ssd_chunk_scan_chunk_state_bwd_dx_kernel",
-         dict(L=L, BLOCK_M=64, BLOCK_P=P, BLOCK_K=64, BLOCK_N=64, **flags, HAS_D=True, D_HAS_HDIM=False, **dot)),
-    ]
-    return [{"module": m + mod, "kernel": k, "constexprs": c, "num_warps": 4,
-             "signature": _sig(m + mod, k, c, ptr, fp32_ptrs=_INTERMEDIATE)} for mod, k, c in table]
-
-
-@pytest.mark.slow
-def test_aot_compile_sm90_sm80():
-    """All 13 SSD kernels for Hopper and Ampere at chunk 256 with bf16 dots (Granite-4.0-H: P 64, N 128), plus
-    the chunk-dependent forward scan and dx kernels at chunk 64 with fp32 (IEEE) dots for sm_90 (~2 s each)."""
-    specs = _ssd_specs(256, 64, 128, True)
-    recs = aot_compile(specs)
-    extra = [s for s in _ssd_specs(64, 64, 128, False)
-             if s["kernel"] in ("_ssd_chunk_scan_fwd_kernel", "_ssd_chunk_scan_chunk_state_bwd_dx_kernel")]
-    recs += aot_compile(extra, archs=(90,))
-    assert_all_compiled(recs)
-    assert len(recs) == 2 * len(specs) + len(extra)

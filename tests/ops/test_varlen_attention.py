@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from prism_fast.ops import varlen_attention, varlen_attention_ref
-from tests.aot_util import aot_compile, assert_all_compiled
 
 TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (2e-3, 2e-3)}
 TOL_GRAD = {torch.float32: (1e-4, 1e-4), torch.float16: (4e-3, 4e-3)}
@@ -227,72 +226,6 @@ def test_user_errors():
         varlen_attention(q, q, q, cu.float())
     with pytest.raises(ValueError, match="unknown backend"):
         varlen_attention(q, q, q, cu, backend="cudnn")
-
-
-def kernel_signature(module, kernel, ptr_dtype, constexprs, fp32_ptrs=(), int_ptrs=(), floats=()):
-    """Triton signature dict built from the kernel's own argument list: constexpr-annotated args -> "constexpr",
-    upper-case args -> pointers (fp32 / int32 / ptr_dtype), `floats` -> fp32, everything else -> i32."""
-    import importlib
-    import inspect
-    fn = getattr(importlib.import_module(module), kernel)
-    fn = getattr(fn, "fn", fn)
-    sig = {}
-    for name, par in inspect.signature(fn).parameters.items():
-        if name in constexprs or "constexpr" in str(par.annotation):
-            sig[name] = "constexpr"
-        elif name in fp32_ptrs:
-            sig[name] = "*fp32"
-        elif name in int_ptrs:
-            sig[name] = "*i32"
-        elif name.isupper():
-            sig[name] = ptr_dtype
-        else:
-            sig[name] = "fp32" if name in floats else "i32"
-    return sig
-
-
-def _specs(Dh, lowp):
-    """[fwd, dK/dV, dQ, block-cumsum, delta] kernel variants the GPU launchers use for head dim Dh (GQA 4)."""
-    from prism_fast.kernels.flash_attn_bwd import bwd_config
-    from prism_fast.kernels.flash_attn_fwd import fwd_config
-    cuda = torch.device("cuda")
-    dt = "*bf16" if lowp else "*fp32"
-    BD = 1 << (Dh - 1).bit_length()
-    common = {"HEAD_DIM": Dh, "BLOCK_D": BD, "DOT_LOWP": lowp, "GROUP": 4}
-    specs = []
-    for mod, kernel, cfg in (("fwd", "_varlen_attn_fwd_kernel", fwd_config(Dh, cuda)),
-                             ("bwd", "_varlen_attn_bwd_dkdv_kernel", bwd_config(Dh, cuda)[0]),
-                             ("bwd", "_varlen_attn_bwd_dq_kernel", bwd_config(Dh, cuda)[1])):
-        cexp = dict(common, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
-        module = "prism_fast.kernels.flash_attn_" + mod
-        sig = kernel_signature(module, kernel, dt, cexp, fp32_ptrs=("LSE", "DELTA"),
-                               int_ptrs=("CU", "CUM"), floats=("qk_scale2", "sm_scale"))
-        specs.append({"module": module, "kernel": kernel, "signature": sig, "constexprs": cexp,
-                      "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
-    cexp = {"BLOCK": 128, "CHUNK": 1024}
-    specs.append({"module": "prism_fast.kernels.flash_attn_fwd", "kernel": "_doc_block_cumsum_kernel",
-                  "signature": kernel_signature("prism_fast.kernels.flash_attn_fwd", "_doc_block_cumsum_kernel",
-                                                "*i32", cexp), "constexprs": cexp, "num_warps": 4})
-    cexp = {"HEAD_DIM": Dh, "BLOCK_M": 64, "BLOCK_D": BD}
-    sig = kernel_signature("prism_fast.kernels.flash_attn_bwd", "_varlen_attn_bwd_preprocess_kernel", dt, cexp,
-                           fp32_ptrs=("DELTA",))
-    specs.append({"module": "prism_fast.kernels.flash_attn_bwd", "kernel": "_varlen_attn_bwd_preprocess_kernel",
-                  "signature": sig, "constexprs": cexp, "num_warps": 4})
-    return specs
-
-
-@pytest.mark.slow
-def test_aot_compile_sm90_sm80():
-    """sm_90: fwd, dK/dV, dQ for head dims 64/80/96/128 (bf16 dots), block-cumsum, delta, the fp32-dot forward.
-    sm_80: fwd/dK/dV/dQ/block-cumsum at Dh 128 and fwd at Dh 64 (80/96 differ from 128 only by the head-dim
-    mask, which sm_90 covers). Trimmed so that the cold-cache compile stays near 1.5 min of CPU. Causal vs
-    non-causal is a runtime window (right = 0), not a separate compiled variant."""
-    specs90 = [s for Dh in (64, 80, 96, 128) for s in _specs(Dh, True)[:3]] + _specs(128, True)[3:]
-    specs90 += _specs(128, False)[:1]
-    specs80 = _specs(128, True)[:4] + _specs(64, True)[:1]
-    recs = aot_compile(specs90, archs=(90,)) + aot_compile(specs80, archs=(80,))
-    assert_all_compiled(recs)
-    assert len(recs) == len(specs90) + len(specs80)
 
 
 def test_model_packed_training_and_decoding_with_triton_backends():
