@@ -1,4 +1,5 @@
-"""Argument parsing for `python -m prism_fast.analyze <command>`: weights, direction, trajectory, cka, landscape.
+"""Argument parsing for `python -m prism_fast.analyze <command>`: weights, direction, trajectory, cka, landscape,
+behaviour.
 Each command writes <out>/<command>.json, <command>.md and PNG plots, and prints the markdown path."""
 from __future__ import annotations
 
@@ -65,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=_floats, default=None, help="comma-separated a values (default -0.5..1.5 x5)")
     p.add_argument("--betas", type=_floats, default=None)
     _model_args(p)
+    p = sub.add_parser("behaviour", help="pass rate, response length and NLL of generated tokens per stage "
+                       "(paper Table 15) from evaluation samples")
+    p.add_argument("--evals", nargs="+", required=True,
+                   help="evaluation directories (DIR/samples.jsonl), one per stage")
+    p.add_argument("--labels", default=None, help="comma-separated stage names (default: directory names)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="models to recompute the NLL of samples without log-probs: one per --evals, or 'auto' "
+                   "(the model each evaluation ran)")
+    p.add_argument("--bench", action="append", default=None, help="only these benchmarks (repeatable)")
     for p in sub.choices.values():
         p.add_argument("--out", required=True, help="output directory")
         p.add_argument("--no-progress", action="store_true")
@@ -105,6 +115,10 @@ def run(args) -> dict:
         return cka.cka_compare(args.a, args.b, args.inputs, num_inputs=args.num_inputs, num_resamples=args.resamples,
                                resample_size=args.resample_size, max_tokens=args.max_tokens, seed=args.seed,
                                tokenizer=args.tokenizer, loader=args.loader, progress=progress)
+    if args.command == "behaviour":
+        from prism_fast.analysis.behaviour import behaviour  # noqa: PLC0415
+        return behaviour(args.evals, labels=args.labels.split(",") if args.labels else None, models=args.models,
+                         benches=args.bench, progress=progress)
     grid = {k: v for k, v in (("alphas", args.alphas), ("betas", args.betas)) if v}
     return landscape(args.base, args.mt, args.rl, score_fn=args.score, eval_file=args.eval, num_eval=args.num_eval,
                      max_tokens=args.max_tokens, tokenizer=args.tokenizer, loader=args.loader, progress=progress,
@@ -128,6 +142,10 @@ def main(argv=None) -> dict:
     result["seconds"] = time.perf_counter() - t0
     result["cpu_seconds"] = u["cpu_seconds"] - cpu0 + result.get("worker_cpu_seconds", 0.0)  # imports excluded
     result["peak_rss_mb"] = {"self": u["peak_rss_mb"], "largest_worker": result.get("worker_peak_rss_mb", 0.0)}
-    paths = write_report(result, args.out, plots=not args.no_plots)
+    if args.command == "behaviour":
+        from prism_fast.analysis.behaviour import write_behaviour_report  # noqa: PLC0415
+        paths = write_behaviour_report(result, args.out, plots=not args.no_plots)
+    else:
+        paths = write_report(result, args.out, plots=not args.no_plots)
     print(paths["md"])
     return result
