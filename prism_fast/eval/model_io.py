@@ -31,7 +31,7 @@ def load_for_eval(path: str):
         raise UserError(f"--model {path}: no such file or directory (an HF directory, a .gguf, a trainer run "
                         f"directory, or 'smollm2')")
     if _is_checkpoint(p):
-        from prism_fast.export import export_checkpoint  # noqa: PLC0415
+        from prism_fast.train.hf_export import export_checkpoint  # noqa: PLC0415
         with tempfile.TemporaryDirectory(prefix="prism_eval_export_") as tmp:
             out = export_checkpoint(p, tmp, dtype="fp32")
             if not (out / "tokenizer_config.json").is_file():

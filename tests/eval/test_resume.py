@@ -45,9 +45,9 @@ def test_kill_and_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    before = len(_samples(killed))
     with open(samples, "a") as f:                             # a torn last line, as a kill mid-write leaves
         f.write('{"benchmark": "math_standin", "problem_id": "standin/ma')
-    before = len(_samples(killed))
     total = 2 * 6 * 2
     assert 0 < before < total
     subprocess.run(_cmd(tiny_model_dir, killed), env=_env(), check=True, capture_output=True)
