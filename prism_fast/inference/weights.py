@@ -23,33 +23,40 @@ def _fsdp_modules(model) -> list:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def _reshards_after_forward(m) -> bool:
-    """FSDP2 keeps the setting as the param group's post-forward mesh info (None = keep unsharded)."""
-    group = m._get_fsdp_state()._fsdp_param_group
-    return group is not None and group.post_forward_mesh_info is not None
+def _reshard_settings(m):
+    """What set_reshard_after_forward changes, saved to be restored exactly (FSDP2 private state, torch 2.6+)."""
+    state = m._get_fsdp_state()
+    return state._auto_reshard_after_forward, [g.post_forward_mesh_info for g in state._fsdp_param_groups]
+
+
+def _restore_reshard_settings(m, saved) -> None:
+    state = m._get_fsdp_state()
+    state._auto_reshard_after_forward = saved[0]
+    for g, info in zip(state._fsdp_param_groups, saved[1]):
+        g.post_forward_mesh_info = info
 
 
 @contextlib.contextmanager
 def full_weights(model):
-    """Context in which `model`'s parameters are full tensors (see module docstring); a no-op for plain models."""
+    """Context in which `model`'s parameters are full tensors (see module docstring); a no-op for plain models.
+    Every rank must enter it (the unshard is a collective); inside, ranks may run different numbers of steps."""
     mods = _fsdp_modules(model)
     if not mods:
         yield
         return
-    before = [_reshards_after_forward(m) for m in mods]
+    # the engine calls the blocks, not the root's forward: make the outermost module FSDP's root first (what its
+    # first forward would do), or each block would initialize itself as a root
+    mods[0]._get_fsdp_state()._lazy_init()
+    saved = [_reshard_settings(m) for m in mods]
     for m in mods:
         m.set_reshard_after_forward(False, recurse=False)
         m.unshard()
     try:
         yield
     finally:
-        for m, flag in zip(mods, before):
+        for m, s in zip(mods, saved):
             m.reshard()
-            m.set_reshard_after_forward(flag, recurse=False)
-
-
-def is_sharded(model) -> bool:
-    return bool(_fsdp_modules(model))
+            _restore_reshard_settings(m, s)
 
 
 def model_device(model) -> torch.device:
