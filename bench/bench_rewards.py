@@ -5,6 +5,7 @@ up when 10% of the items hang until their timeout.
     python bench/bench_rewards.py --quick    # smaller batches
 
 Side by side in one run:
+  pool  multiple-choice items (microseconds of verifier work each): the pool's own per-item overhead.
   math  prism_fast Rewarder (2 workers)  vs  math-verify called inline in the caller's main thread (its own
         signal.alarm timeouts; what a single-process reward loop does), clean items only.
   code  prism_fast sandbox (namespaces, uid, rlimits; 2 workers)  vs  plain `subprocess.run(python3 main.py)`
@@ -119,8 +120,8 @@ def bench_domain(r: Rewarder, name: str, make_items, n: int, baseline, unit: str
     t_hang, res = timed_score(r, make_items(n, hang_every=10))
     n_hang = n // 10
     ideal = t_clean * 0.9 + n_hang * T / w
-    print(f"[{name}] {n} {unit} ({n_ok} ok, {slow} past the limit): prism_fast {n / t_clean:.1f} {unit}/s ({t_clean:.2f} s) vs "
-          f"{base_name} {n / t_base:.1f} {unit}/s -> {t_base / t_clean:.2f}x")
+    print(f"[{name}] {n} {unit} ({n_ok} ok, {slow} past the limit): prism_fast {n / t_clean:.1f} {unit}/s "
+          f"({t_clean:.2f} s) vs {base_name} {n / t_base:.1f} {unit}/s -> {t_base / t_clean:.2f}x")
     print(f"[{name}] 10% hanging ({n_hang} {unit} hang until {T:g} s): {n / t_hang:.1f} {unit}/s ({t_hang:.2f} s), "
           f"ideal {ideal:.2f} s -> ratio {t_hang / ideal:.2f}")
     metric = f"{unit}_per_s"
@@ -141,8 +142,15 @@ def main() -> None:
     print(f"machine: {utils.device_name('cpu')}; load average before: {os.getloadavg()}")
     with Rewarder(num_workers=args.workers, timeout_s=args.timeout) as r:
         r.score(math_items(2 * args.workers) + code_items(2 * args.workers))    # start workers, probe sandbox
-        cfg = {"workers": args.workers, "timeout_s": args.timeout, "sandbox": r._sandbox.mode}
+        cfg = {"workers": args.workers, "timeout_s": args.timeout, "sandbox": r.sandbox.mode}
         print(f"sandbox mode: {cfg['sandbox']}")
+        # dispatch overhead alone: multiple choice costs microseconds to verify
+        mc = [{"domain": "mc", "response": f"<think>{i}</think> Answer: ({'ABCD'[i % 4]})", "reference": "B"}
+              for i in range(4000)]
+        t_mc, _ = timed_score(r, mc)
+        print(f"[pool] {len(mc)} mc items: {len(mc) / t_mc:.0f} items/s = {t_mc / len(mc) * 1e3:.2f} ms per item of "
+              f"dispatch overhead (plan, pickle, pipe round trip, combine)")
+        record("prism_fast", "clean", "mc_items_per_s", "items/s", len(mc), len(mc) / t_mc, cfg)
         bench_domain(r, "math", math_items, n_math, lambda items: ("inline_math_verify", inline_math_verify(items)),
                      "items", cfg)
         bench_domain(r, "code", code_items, n_code, lambda items: ("plain_subprocess", plain_subprocess(items)),

@@ -156,6 +156,11 @@ class Rewarder:
                 self._reset_counters()
         return c
 
+    @property
+    def sandbox(self) -> SandboxConfig:
+        """The code sandbox's configuration, with the mode this machine allows (probed on first use)."""
+        return self._sandbox_config()
+
     def worker_pids(self) -> list[int]:
         """Pids of the current verifier processes (starts the pool if needed)."""
         return self._get_pool().worker_pids()
