@@ -126,7 +126,7 @@ class WorkerPool:
         self._listener.bind(address)
         os.chmod(address, 0o600)
         self._listener.listen(64)
-        self._listener.settimeout(_CONNECT_TIMEOUT_S)
+        self._listener.settimeout(0.5)              # accept() polls so a worker dying at birth is noticed
         self._token = secrets.token_hex(16)
         package_root = str(Path(__file__).resolve().parents[2])
         # TMPDIR: sandbox work directories go under the pool's private directory, removed with the pool even
@@ -150,13 +150,28 @@ class WorkerPool:
             raise RuntimeError("the reward worker factory (python -m prism_fast.rewards.zygote) exited with code "
                                f"{self._zygote.poll()}; its stderr above says why")
         pid = int(line)
-        sock, _ = self._listener.accept()
-        conn = multiprocessing.connection.Connection(sock.detach())
+        conn = multiprocessing.connection.Connection(self._accept(pid).detach())
         if not conn.poll(_CONNECT_TIMEOUT_S) or conn.recv() != (pid, self._token):
             conn.close()
             raise RuntimeError(f"reward worker {pid} did not identify itself")
         self.started_pids.append(pid)
         return _Slot(pid, conn)
+
+    def _accept(self, pid: int) -> socket.socket:
+        """The connection of new worker `pid`; fails fast if it dies first (the zygote reaps it at once)."""
+        end = time.monotonic() + _CONNECT_TIMEOUT_S
+        while time.monotonic() < end:
+            try:
+                sock, _ = self._listener.accept()
+                sock.settimeout(None)
+                return sock
+            except TimeoutError:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    raise RuntimeError(f"reward worker {pid} exited before connecting; run `python -m "
+                                       f"prism_fast.rewards.zygote </dev/null` to see import errors") from None
+        raise RuntimeError(f"reward worker {pid} did not connect within {_CONNECT_TIMEOUT_S:g} s")
 
     def _kill(self, slot: _Slot) -> None:
         try:
@@ -214,6 +229,18 @@ class WorkerPool:
                 pass                                 # dead worker: its connection reads EOF, the task "crash"es
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - a dispatcher bug must fail the jobs, never hang them
+            log.exception("reward dispatcher failed")
+            self._mark_broken(f"reward dispatcher failed: {e!r}")
+            for slot in self._slots:
+                if slot.task is not None:
+                    task, slot.task = slot.task, None
+                    task.done(_outcome("crash", self._broken, 0.0))
+            self._shutdown()
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 closed = self._closed
