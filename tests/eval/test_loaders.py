@@ -136,3 +136,12 @@ def test_registry_is_extensible():
             register(spec)
     finally:
         BENCHMARKS.pop("tmp_longctx", None)
+
+
+def test_cli_unknown_benchmark_is_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "prism_fast.eval", "--model", "smollm2", "--bench", "nope",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown benchmark 'nope'; known: ")
