@@ -108,7 +108,8 @@ def _run_benchmark(name, problems, dec, cfg, engine, tokenizer, stops, store, re
         store.append([{"benchmark": name, "problem_id": p.id, "sample_index": j, "response": text,
                        "correct": correct, "reward": correct, "reason": reason, "finish_reason": c.finish_reason,
                        "num_tokens": len(c.token_ids)}
-                      for (p, j, c), text, (correct, reason) in zip(flat, texts, scored)])
+                      for (p, j, c), text, (correct, reason) in zip(flat, texts, scored)
+                      if not store.has((name, p.id, j))])       # a chunk cut short by a kill keeps its old lines
         bar.update(len(flat))
 
 

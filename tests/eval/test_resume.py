@@ -75,3 +75,20 @@ def test_rerun_with_other_settings_is_refused(tiny_model_dir, tmp_path):
         check_run_config(tmp_path, {**cfg, "benchmarks": {"math_standin": {"n": 4, "temperature": 0.6}}})
     with pytest.raises(UserError, match="seed=0, this one has 1"):
         check_run_config(tmp_path, {**cfg, "seed": 1})
+
+
+def test_sample_store_drops_a_torn_tail_and_refuses_damage_in_the_middle(tmp_path):
+    from prism_fast.entry import UserError
+    from prism_fast.eval.store import SampleStore
+    rec = lambda i: {"benchmark": "b", "problem_id": "p", "sample_index": i, "correct": 1.0}  # noqa: E731
+    s = SampleStore(tmp_path)
+    s.append([rec(0), rec(1)])
+    with open(s.path, "a") as f:
+        f.write('{"benchmark": "b", "probl')
+    s2 = SampleStore(tmp_path)
+    assert set(s2.records) == {("b", "p", 0), ("b", "p", 1)}
+    s2.append([rec(2)])                                       # starts on a fresh line: the torn tail was cut
+    assert [json.loads(x)["sample_index"] for x in s2.path.read_text().splitlines()] == [0, 1, 2]
+    s2.path.write_text(s2.path.read_text().replace('"sample_index": 1', '"sample_index": '))
+    with pytest.raises(UserError, match=r"samples.jsonl:2: not a sample record"):
+        SampleStore(tmp_path)
