@@ -73,7 +73,9 @@ class Engine:
         self.packed_prefill = packed_prefill
         self.max_prefill_tokens = max_prefill_tokens
         self.weights_version = 0
-        self._cache = None
+        self._cache = None                    # ModelCache kept across calls while large enough
+        self._batch: SlotBatch | None = None  # device state of the current call
+        self._free: list[int] = []            # free slots, ascending
         self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "prefill_s": 0.0, "decode_s": 0.0,
                       "prefill_forwards": 0, "decode_steps": 0, "decode_rows": 0, "requests": 0, "completions": 0,
                       "host_syncs": 0, "slot_moves": 0}
@@ -164,6 +166,7 @@ class Engine:
         while run.waiting or run.by_slot:
             if run.waiting and self._free:
                 self._admit(run)
+                bar.update(self._harvest(run))                 # completions that ended at their first token
             if not run.by_slot:
                 continue
             hi = max(run.by_slot) + 1

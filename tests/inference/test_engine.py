@@ -1,6 +1,8 @@
 """Engine correctness on tiny models of all five families: greedy == full-recompute argmax (packed prefill, slot
 refill), log-probs == a full forward's, seeded sampling independent of batching, n samples share one prefill,
 finish reasons, packed prefill state == per-prompt prefill state, update_weights, errors."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,7 +103,7 @@ def test_seeded_samples_do_not_depend_on_batching():
     assert any(a != b for a, b in first)                      # the two samples of a request differ
     again = Engine(model, max_batch=16).generate(PROMPTS, params)
     assert [[c.token_ids for c in o.outputs] for o in again] == first
-    other = Engine(model, max_batch=16).generate(PROMPTS, [SamplingParams(**{**vars(p), "seed": 8}) for p in params])
+    other = Engine(model, max_batch=16).generate(PROMPTS, [dataclasses.replace(p, seed=8) for p in params])
     assert [[c.token_ids for c in o.outputs] for o in other] != first
 
 
