@@ -2,6 +2,7 @@
 
     python -m prism_fast.eval --model PATH --bench NAME[=FILE] [--bench ...] --out DIR [--n N]
         [--max-new-tokens N] [--temperature T] [--top-p P] [--limit K] [--seed S] [--max-batch B]
+        [--max-tokens-in-flight T] [--require-think] [--timeout S] [--no-progress]
     python -m prism_fast.eval compare DIR_A DIR_B ... [--labels base,mt,rl]
     python -m prism_fast.eval loglik --model PATH --bench NAME[=FILE] [--limit K]
 See docs/eval.md.
@@ -31,6 +32,8 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--limit", type=int, help="only the first K problems of each benchmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch", type=int, default=64, help="decode rows of the engine")
+    p.add_argument("--max-tokens-in-flight", type=int,
+                   help="engine KV budget in tokens (rows x capacity); set it for 32k-token decoding")
     p.add_argument("--require-think", action="store_true", help="apply the RL <think> format gate to scores")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per verifier task")
     p.add_argument("--no-progress", action="store_true")
@@ -40,7 +43,8 @@ def _run(argv: list[str]) -> int:
             raise ValueError(f"{flag} must be >= 1, got {v}")
     res = evaluate(EvalConfig(model=a.model, benches=a.bench, out=a.out, n=a.n, max_new_tokens=a.max_new_tokens,
                               temperature=a.temperature, top_p=a.top_p, limit=a.limit, seed=a.seed,
-                              max_batch=a.max_batch, require_think=a.require_think, timeout_s=a.timeout,
+                              max_batch=a.max_batch, max_tokens_in_flight=a.max_tokens_in_flight,
+                              require_think=a.require_think, timeout_s=a.timeout,
                               progress=not a.no_progress))
     print((a.out / "results.md").read_text())
     print(f"avg_paper {res['avg_paper']['value']} | avg_six {res['avg_six']['value']} -> {a.out}/results.json")

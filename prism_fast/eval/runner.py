@@ -42,6 +42,8 @@ class EvalConfig:
     """Evaluate only the first K problems of each benchmark."""
     seed: int = 0
     max_batch: int = 64
+    max_tokens_in_flight: int | None = None
+    """KV budget in tokens (rows x per-row capacity) for the engine; None: max_batch full-length rows."""
     require_think: bool = False
     timeout_s: float = 10.0
     num_workers: int | None = None
@@ -135,7 +137,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                            "top_p": decs[n].top_p, "n": decs[n].n, "max_new_tokens": decs[n].max_new_tokens,
                            "chunk_problems": max(1, cfg.max_batch // decs[n].n)} for n, f in benches}})
     store = SampleStore(cfg.out)
-    engine = Engine(model, max_batch=cfg.max_batch, tokenizer=tokenizer)
+    engine = Engine(model, max_batch=cfg.max_batch, max_tokens_in_flight=cfg.max_tokens_in_flight,
+                    tokenizer=tokenizer)
     stops = stop_token_ids(tokenizer)
     total = sum(len(p) * decs[n].n for n, p in loaded.items())
     done = sum(store.has((n, p.id, j)) for n, ps in loaded.items() for p in ps for j in range(decs[n].n))

@@ -134,7 +134,8 @@ def _science_items(r: random.Random) -> list[dict]:
         kind = len(items) % 3
         if kind == 0:
             m, a = r.randint(2, 20), r.randint(2, 12)
-            q, right = f"A net force accelerates a {m} kg block at {a} m/s^2. What is the magnitude of the force?", m * a
+            q = f"A net force accelerates a {m} kg block at {a} m/s^2. What is the magnitude of the force?"
+            right = m * a
             wrong = [m + a, m * a * 2, abs(m * a - m)]
             unit = " N"
         elif kind == 1:
