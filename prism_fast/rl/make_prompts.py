@@ -65,7 +65,7 @@ def mc_items(rng: random.Random, n: int = 180) -> list[dict]:
         rng.shuffle(opts)
         letter = "ABCD"[opts.index(right)]
         body = " ".join(f"{L}) {o}" for L, o in zip("ABCD", opts))
-        out.append({"prompt": f"Which of these is {cat}? {body}. Answer with the letter, as \\boxed{{X}}.",
+        out.append({"prompt": f"Which of these is {cat}? {body}. Answer with the letter in parentheses, like (X).",
                     "domain": "mc", "reference": letter})
     return out
 

@@ -78,7 +78,8 @@ def test_two_ranks_equal_one_rank_and_resume_on_one_rank(smol_slice, tmp_path):
     a, b = _by_step(one), _by_step(two)
     assert b[1]["world_size"] == 2 and b[3]["world_size"] == 1
     for s in (1, 2, 3):
-        assert a[s]["reward"] == b[s]["reward"] and a[s]["generated_tokens"] == b[s]["generated_tokens"], s
+        assert a[s]["generated_tokens"] == b[s]["generated_tokens"], s         # the same samples
+        assert a[s]["reward"] == pytest.approx(b[s]["reward"], rel=1e-12), s  # fp64 sums, reduced in another order
         for k in ("loss", "kl", "entropy", "grad_norm"):
             assert a[s][k] == pytest.approx(b[s][k], rel=1e-5, abs=1e-7), (s, k)
     from prism_fast.models import from_pretrained
