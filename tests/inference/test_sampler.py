@@ -44,3 +44,19 @@ def test_counter_rng_is_uniform_and_addressed_by_key_and_counter():
                                uniforms(keys, torch.full((n,), t)), truncate=False)
         counts += torch.bincount(tok, minlength=4)
     assert torch.allclose(counts / counts.sum(), probs, atol=0.02)
+
+
+def test_sampling_is_sync_free():
+    """Traced with fake tensors, a data-dependent Python branch raises and a host read (.item(), .tolist())
+    records aten._local_scalar_dense: neither may appear, so the sampling step is CUDA-graph capturable."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    B, V = 4, 50
+    args = (torch.randn(B, V), torch.tensor([0.0, 1.0, 0.7, 1.0]), torch.tensor([0, 5, 0, 0]),
+            torch.tensor([1.0, 0.9, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.1, 0.0]),
+            uniforms(torch.tensor([stream_key(0, b, 0) for b in range(B)]), torch.zeros(B, dtype=torch.long)))
+    graph = make_fx(lambda *a: sample_tokens(*a, truncate=True), tracing_mode="fake")(*args)
+    targets = [str(n.target) for n in graph.graph.nodes]
+    assert any("searchsorted" in t for t in targets) and not any("_local_scalar_dense" in t for t in targets)
+    graph = make_fx(uniforms, tracing_mode="fake")(torch.zeros(B, 2, dtype=torch.long), torch.arange(B))
+    assert not any("_local_scalar_dense" in str(n.target) for n in graph.graph.nodes)
