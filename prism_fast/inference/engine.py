@@ -156,6 +156,7 @@ class Engine:
         if c is None or c.batch_size < slots or c.max_seq_len < capacity:
             self._cache = None                                    # free the old one before allocating
             c = self._cache = self.model.new_cache(slots, capacity)
+        c.seqlens.zero_()                                         # rows of an earlier call hold nothing now
         self._batch = SlotBatch(self.model, c, c.batch_size, max(p.max_new_tokens for p in plist),
                                 max(len(s) for s in stop_ids), self.device)
         self._free = list(range(c.batch_size))
