@@ -3,8 +3,9 @@
 Started by WorkerPool as `python -m prism_fast.rewards.zygote`. Protocol on its stdin: a first line with the
 hex token and a second with the parent's Unix socket path; then one "spawn" line per worker wanted, each
 answered with the new worker's pid on stdout. A worker connects back to that socket, sends (pid, token) and
-serves tasks (worker.worker_main). EOF on stdin (the pool closed, or the caller died) ends the zygote, and its
-workers die with it (PR_SET_PDEATHSIG, see worker.py).
+serves tasks (worker.worker_main). EOF on stdin (the pool closed, or the caller died) ends the zygote: it
+SIGKILLs its workers (their sandboxes follow through PR_SET_PDEATHSIG) and removes the pool's directory, which a
+caller killed with SIGKILL could not do itself.
 
 Why not multiprocessing's forkserver: its children re-import the caller's __main__ module (a training script
 importing torch, in every replacement worker), and it is one process-wide server shared with unrelated code.
@@ -12,6 +13,7 @@ importing torch, in every replacement worker), and it is one process-wide server
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -40,6 +42,7 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     token = stdin.readline().decode().strip()
     address = stdin.readline().decode().strip()
+    workers = []
     for line in stdin:
         if line.strip() != b"spawn":
             continue
@@ -51,8 +54,16 @@ def main() -> None:
             except BaseException:  # noqa: BLE001 - a worker never returns into the zygote's loop
                 code = 1
             os._exit(code)
+        workers.append(pid)
         stdout.write(b"%d\n" % pid)
         stdout.flush()
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if address:
+        shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
 if __name__ == "__main__":

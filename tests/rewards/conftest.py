@@ -9,7 +9,7 @@ import pytest
 from prism_fast.rewards import Rewarder
 from prism_fast.rewards.code_sandbox import sandbox_uid
 
-# Set before any pool (and so the forkserver) starts: verifier workers carry it, candidates must never see it.
+# Set before any pool (and so its zygote) starts: verifier workers carry it, candidates must never see it.
 SECRET = "prism-secret-" + uuid.uuid4().hex
 os.environ["PRISM_REWARDS_TEST_SECRET"] = SECRET
 

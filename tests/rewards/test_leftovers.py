@@ -1,5 +1,5 @@
 """No process survives: a scoring process SIGKILLed in the middle of a hostile batch (fork bomb, endless loop,
-detached sleeper, a worker stuck in sympy) leaves no worker, forkserver or sandboxed process behind."""
+detached sleeper, a worker stuck in sympy) leaves no worker, zygote or sandboxed process, and no directory."""
 import os
 import signal
 import subprocess
@@ -19,6 +19,7 @@ block = lambda p: "```python\n" + p + "\n```"
 code = lambda p: {"domain": "code", "response": block(p), "reference": {"tests": [{"input": "", "output": "x"}]}}
 r = Rewarder(num_workers=3, timeout_s=20, require_think=False)
 print(" ".join(str(sandbox_uid(p)) for p in r.worker_pids()), flush=True)
+print(r._pool._dir, flush=True)
 r.submit([code("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"),
           code("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\nwhile True:\n    pass"),
           {"domain": "math", "response": "\\boxed{" + "(" * 40 + "1" + ")" * 40 + "}", "reference": "1"}])
@@ -44,6 +45,7 @@ def test_sigkilled_caller_leaves_nothing_running():
     env = dict(os.environ, PRISM_LEFTOVER_TAG=tag.split("=", 1)[1])
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     uids = {int(u) for u in proc.stdout.readline().split()}
+    pool_dir = proc.stdout.readline().strip()
     assert len(uids) == 3
     running = lambda: {uid for _, uid in processes_of_uids(uids)}  # noqa: E731
     deadline = time.monotonic() + 60                 # generous: the pool starts and probes the sandbox first
@@ -59,3 +61,4 @@ def test_sigkilled_caller_leaves_nothing_running():
     while _tagged(tag) and time.monotonic() < end:
         time.sleep(0.1)
     assert _tagged(tag) == []
+    assert not os.path.exists(pool_dir)              # the zygote removed the pool's directory (sandbox dirs too)
