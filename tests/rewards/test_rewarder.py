@@ -122,3 +122,16 @@ def test_closed_rewarder_refuses_work():
     time.sleep(0.2)
     assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/status").read().find("State:\tZ") < 0
                    for p in pids)
+
+
+def test_scoring_from_a_non_main_thread(rewarder):
+    """The classic failure: math-verify's signal.alarm raises off the main thread and every reward silently
+    becomes 0. Here the caller's thread never touches signals; the answers are verified in workers."""
+    import threading
+
+    out = {}
+    items = [_math("\\boxed{\\frac{1}{2}}", "0.5"), _math("\\boxed{[1,2)}", "[1,2)"), _math("\\boxed{3}")]
+    t = threading.Thread(target=lambda: out.update(res=rewarder.score(items)))
+    t.start()
+    t.join(60)
+    assert [r.reason for r in out["res"]] == ["ok", "ok", "wrong"]
