@@ -32,7 +32,8 @@ def processes_of_uids(uids) -> list[tuple[int, int]]:
 
 
 def sandbox_uids(rewarder: Rewarder) -> set[int]:
-    return {sandbox_uid(pid) for pid in rewarder._pool.started_pids}
+    pool = rewarder._pool                       # None when no batch needed a verifier
+    return {sandbox_uid(pid) for pid in (pool.started_pids if pool else [])}
 
 
 def wait_no_processes(uids, timeout_s: float = 3.0) -> list[tuple[int, int]]:
