@@ -8,6 +8,11 @@ bf16 on GPU. Providers, side by side in one run:
                never leaks into valid rows under a causal mask); what a user without varlen kernels writes
   triton       prism_fast's Triton FA2 kernels (GPU only; the CPU interpreter is a test tool, not timed)
   flash_attn   flash_attn_varlen_func, when installed
+  flex         torch FlexAttention (torch.compile'd) with a document-causal block mask built from the document ids:
+               PyTorch's own answer to varlen attention (GPU only; the block mask is built once per pack, outside
+               the timing, as a training loop would per batch)
+--sweep (GPU) also times the Triton forward under each kernels/configs.py ATTN_FWD_SWEEP config next to the
+table's pick (rows provider "triton_cfg:<BLOCK_M>x<BLOCK_N>w<warps>s<stages>"), to confirm or change the table.
 TFLOP/s count useful FLOPs only, causal half counted once: fwd = 4 * H * Dh * sum_d L_d (L_d + 1) / 2,
 fwd+bwd = 3.5 x fwd (FlashAttention convention). Padded SDPA is charged the same useful FLOPs.
 Decode: B sequences with cache lengths spread over [1, S], one token each; GB/s = K/V bytes read / time.
@@ -25,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, parse_args, row, time_fn  # noqa: E402
 
 from prism_fast.ops import varlen_attention  # noqa: E402
 from prism_fast.ops._dispatch import has_module  # noqa: E402
@@ -69,13 +74,48 @@ def sdpa_padded(q, k, v, lens):
     return o.transpose(1, 2).reshape(n * Lmax, H, Dh)[idx]
 
 
+def flex_document_attention(lens, H, device):
+    """A compiled FlexAttention call with a document-causal block mask for these document lengths, or None when
+    this torch has no FlexAttention. Returns f(q, k, v) on [T, H, Dh] tensors."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    doc = torch.repeat_interleave(torch.arange(len(lens), device=device), torch.tensor(lens, device=device))
+    T = doc.numel()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (doc[q_idx] == doc[kv_idx]) & (q_idx >= kv_idx)
+
+    block_mask = create_block_mask(mask_mod, None, None, T, T, device=device)
+    flex = torch.compile(flex_attention, dynamic=False)
+
+    def f(q, k, v):
+        o = flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=block_mask,
+                 enable_gqa=k.shape[1] != q.shape[1])
+        return o[0].transpose(0, 1)
+    return f
+
+
 def providers(device) -> list[str]:
     out = ["torch", "sdpa_padded"]
     if device.type == "cuda" and has_module("triton"):
         out.append("triton")
     if device.type == "cuda" and has_module("flash_attn"):
         out.append("flash_attn")
+    if device.type == "cuda":
+        out.append("flex")
     return out
+
+
+def sweep_configs(device):
+    """(name, config) pairs for --sweep: the table's pick first, then the alternatives."""
+    from prism_fast.kernels.configs import ATTN_FWD_SWEEP
+    from prism_fast.kernels.flash_attn_fwd import fwd_config
+    name = lambda c: f"triton_cfg:{c['BLOCK_M']}x{c['BLOCK_N']}w{c['num_warps']}s{c['num_stages']}"  # noqa: E731
+    picked = fwd_config(128, device)
+    return [(name(c) + (" (table)" if c == picked else ""), c)
+            for c in [picked] + [c for c in ATTN_FWD_SWEEP if c != picked]]
 
 
 def bench_varlen(args, device, dtype, rows, table):
@@ -91,12 +131,28 @@ def bench_varlen(args, device, dtype, rows, table):
         cfg = dict(tokens=tokens, n_docs=len(lens), max_doc=max(lens), H=H, Hkv=Hkv, Dh=Dh, seed=seed,
                    dtype=str(dtype).removeprefix("torch."), causal=True, flops="useful, causal half counted once")
         base = None
-        for prov in providers(device):
+        plan = [(p, None) for p in providers(device)]
+        if args.sweep and device.type == "cuda":
+            plan += [(name, c) for name, c in sweep_configs(device)]
+        for prov, sweep_cfg in plan:
             if prov == "sdpa_padded":
                 f = lambda: sdpa_padded(q, k, v, lens)                                        # noqa: E731
+            elif prov == "flex":
+                f = flex_document_attention(lens, H, device)
+                if f is None:
+                    continue
+                f = lambda fl=f: fl(q, k, v)                                                   # noqa: E731
+            elif sweep_cfg is not None:
+                from prism_fast.kernels.flash_attn_fwd import varlen_attn_fwd
+                f = lambda c=sweep_cfg: varlen_attn_fwd(  # noqa: E731
+                    q, k, v, cu, softmax_scale=Dh ** -0.5, causal=True, config=c)[0]
             else:
                 f = lambda p=prov: varlen_attention(q, k, v, cu, max(lens), causal=True, backend=p)  # noqa: E731
-            out = f()
+            try:
+                out = f()
+            except Exception as e:               # a provider that fails is reported, not fatal (GPU check)
+                print(f"  {prov}: FAILED {type(e).__name__}: {str(e)[:200]}")
+                continue
             if base is None:
                 base = out.detach().float()
             err = (out.detach().float() - base).abs().max().item()
@@ -109,7 +165,9 @@ def bench_varlen(args, device, dtype, rows, table):
                 q.grad = k.grad = v.grad = None
                 f().backward(do)
 
-            for mode, fn, fl in (("fwd", fwd, flops), ("fwd+bwd", fwd_bwd, 3.5 * flops)):
+            modes = (("fwd", fwd, flops),) if sweep_cfg is not None else (("fwd", fwd, flops),
+                                                                         ("fwd+bwd", fwd_bwd, 3.5 * flops))
+            for mode, fn, fl in modes:
                 p50, mem, r = measure("attention", prov, mode, fn, tokens, config=cfg, device=device,
                                       warmup=args.warmup, reps=args.reps)
                 tf = fl / (p50 * 1e-3) / 1e12
@@ -145,7 +203,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="fewer packs and repetitions")
     ap.add_argument("--overwrite", action="store_true", help="replace earlier rows of the same key in the CSV")
-    a = ap.parse_args()
+    ap.add_argument("--sweep", action="store_true", help="GPU: also time the Triton forward per candidate config")
+    a = parse_args(ap)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     a.tokens, a.heads, a.kv_heads, a.head_dim = (8192, 32, 8, 128) if cuda else (1024, 8, 2, 64)
@@ -159,12 +218,12 @@ def main():
     path = append_rows("attention", rows, overwrite=a.overwrite)
     print(f"# attention on {device_name(device)}, {str(dtype)[6:]}, packs of {a.tokens} tokens, "
           f"H {a.heads}/{a.kv_heads}, Dh {a.head_dim}, causal; FLOPs: useful, causal half counted once")
-    print(f"{'case':<34}{'provider':<13}{'mode':<9}{'ms p50':>10}{'TFLOP/s|GB/s':>14}{'MiB':>9}{'vs torch':>10}"
+    print(f"{'case':<34}{'provider':<31}{'mode':<9}{'ms p50':>10}{'TFLOP/s|GB/s':>14}{'MiB':>9}{'vs torch':>10}"
           f"{'max|diff|':>11}")
     ref = {(c, m): t for c, p, m, t, *_ in table if p == "torch"}
     for case, prov, mode, ms, rate, mem, err in table:
         mem_s = "-" if mem is None else f"{mem:.0f}"
-        print(f"{case:<34}{prov:<13}{mode:<9}{ms:>10.3f}{rate:>14.3g}{mem_s:>9}{ref[(case, mode)] / ms:>9.2f}x"
+        print(f"{case:<34}{prov:<31}{mode:<9}{ms:>10.3f}{rate:>14.3g}{mem_s:>9}{ref[(case, mode)] / ms:>9.2f}x"
               f"{err:>11.2e}")
     print(f"rows appended to {path}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, row  # noqa: E402
+from utils import append_rows, device_name, measure, parse_args, row  # noqa: E402
 
 from prism_fast.ops import causal_conv1d  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=None, help="default: 8192 (cuda), 1024 (cpu)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args.tokens = args.tokens or (8192 if device.type == "cuda" else 1024)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from utils import append_rows, device_name, peak_memory_mb, row, sync, time_fn  # noqa: E402
+from utils import append_rows, device_name, parse_args, peak_memory_mb, row, sync, time_fn  # noqa: E402
 
 from prism_fast.ops import fused_linear_cross_entropy, fused_linear_logprobs  # noqa: E402
 from prism_fast.ops._dispatch import has_module  # noqa: E402
@@ -142,7 +142,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer shapes and reps (GPU check script)")
     ap.add_argument("--op", default="both", choices=["ce", "logprobs", "both"])
     ap.add_argument("--overwrite", action="store_true", help="replace earlier CSV rows of the same keys")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
     cuda = args.device == "cuda"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, parse_args, row, time_fn  # noqa: E402
 
 from prism_fast import ops  # noqa: E402
 from prism_fast.models.mamba2 import Mamba2Mixer  # noqa: E402
@@ -124,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default=None, help="bfloat16 (GPU default) or float32 (CPU default)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (GPU check / CI smoke)")
     ap.add_argument("--overwrite", action="store_true", help="replace earlier rows of the same configuration")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     reps = 5 if args.quick else 20

@@ -188,7 +188,7 @@ def main():
                    help=f"comma-separated subset of {','.join(PROVIDERS)} (each process holds a model + AdamW: "
                         "~5-6 GiB each for SmolLM2 on CPU)")
     p.add_argument("--worker", choices=PROVIDERS, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = utils.parse_args(p)
     cuda = args.device == "cuda"
     args.seq_len = args.seq_len or (2048 if cuda else 512)
     args.batch = args.batch or (8 if cuda else 4)

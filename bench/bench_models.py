@@ -16,7 +16,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, row, time_fn  # noqa: E402
+from utils import append_rows, device_name, measure, parse_args, row, time_fn  # noqa: E402
 
 from prism_fast.models import build_model, generate, tiny_config  # noqa: E402
 
@@ -33,7 +33,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--decode-tokens", type=int, default=16)
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     reps = 2 if dev.type == "cpu" else (5 if args.quick else 20)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure  # noqa: E402
+from utils import append_rows, device_name, measure, parse_args  # noqa: E402
 
 from prism_fast.ops import ssd_chunk_scan, ssd_scan_naive  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -100,7 +100,7 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=None, help="default: 8192 (cuda), 512 (cpu)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions; plain rows only on CPU")
     ap.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
+    args = parse_args(ap, argv)
     device = torch.device(args.device)
     T = args.tokens or (8192 if device.type == "cuda" else 512)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

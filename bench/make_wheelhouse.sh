@@ -3,7 +3,7 @@
 # (its image has torch + triton, maybe not the rest). PYVER: the GPU image's Python (e.g. 3.12).
 set -euo pipefail
 cd "$(dirname "$0")"
-PYVER="${PYVER:-3.11}"
+PYVER="${PYVER:-3.12}"   # the GPU image: Python 3.12, torch 2.11, triton 3.6
 mkdir -p wheelhouse
 python3 -m pip download -q --only-binary=:all: --no-deps --python-version "$PYVER" -d wheelhouse \
   pytest pluggy iniconfig pytest-timeout safetensors tokenizers transformers huggingface-hub gguf tqdm \

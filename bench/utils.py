@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,16 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["op", "provider", "mode", "metric", "unit", "x", "p50", "p20", "p80", "config", "device_name",
            "timestamp", "version"]
+
+
+def parse_args(ap, argv=None):
+    """ap.parse_args(argv); with BENCH_DRY_RUN=1 (bench/gpu_check.sh --dry-run) stop right after: the script
+    imported and its arguments parsed, which is what a CPU machine can check of a GPU benchmark."""
+    args = ap.parse_args(argv)
+    if os.environ.get("BENCH_DRY_RUN") == "1":
+        print(f"dry-run ok: {ap.prog} {' '.join(sys.argv[1:] if argv is None else argv)}")
+        sys.exit(0)
+    return args
 
 
 def device_name(device) -> str:

@@ -231,8 +231,9 @@ def fwd_config(head_dim: int, device: torch.device) -> dict:
 
 
 def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, window_size=(-1, -1),
-                    block_m: int | None = None, block_n: int | None = None):
-    """Launch the forward. q [T, H, Dh], k/v [T, Hkv, Dh] (last dim contiguous). Returns (out [T,H,Dh], lse [H,T])."""
+                    block_m: int | None = None, block_n: int | None = None, config: dict | None = None):
+    """Launch the forward. q [T, H, Dh], k/v [T, Hkv, Dh] (last dim contiguous). Returns (out [T,H,Dh], lse [H,T]).
+    config: BLOCK_M / BLOCK_N / num_warps / num_stages instead of the table's (bench_attention.py --sweep)."""
     T, H, Dh = q.shape
     Hkv = k.shape[1]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
@@ -240,7 +241,7 @@ def varlen_attn_fwd(q, k, v, cu_seqlens, *, softmax_scale: float, causal: bool, 
     lse = torch.empty(H, T, device=q.device, dtype=torch.float32)
     if T == 0:
         return out, lse
-    cfg = fwd_config(Dh, q.device)
+    cfg = dict(config) if config else fwd_config(Dh, q.device)
     if block_m:
         cfg["BLOCK_M"] = block_m
     if block_n:
