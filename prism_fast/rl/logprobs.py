@@ -101,7 +101,8 @@ def dummy_forward(model, device, temperature: float, pad_id: int = 0) -> torch.T
     return model(t, logprobs_of=t, temperature=temperature).sum() * 0.0
 
 
-def logprobs_ref(model, prompts: list[list[int]], responses: list[list[int]], *, temperature: float) -> list[torch.Tensor]:
+def logprobs_ref(model, prompts: list[list[int]], responses: list[list[int]], *,
+                 temperature: float) -> list[torch.Tensor]:
     """Unpacked reference: one full forward per sequence, log_softmax of the full [T, V] logits / temperature."""
     out = []
     for p, r in zip(prompts, responses):

@@ -77,7 +77,8 @@ class PromptSet:
                 prompts.append(Prompt(len(prompts), tuple(ids), rec["domain"], rec["reference"],
                                       tokenizer.decode(ids)))
         if not prompts:
-            raise ValueError(f"no prompt fits prompts.max_prompt_tokens={max_prompt_tokens} in {[str(f) for f in files]}")
+            raise ValueError(f"no prompt fits prompts.max_prompt_tokens={max_prompt_tokens} in "
+                             f"{[str(f) for f in files]}")
         if dropped:
             log.warning("%d prompts longer than %d tokens dropped", dropped, max_prompt_tokens)
         self.prompts = prompts

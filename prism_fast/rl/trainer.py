@@ -242,8 +242,9 @@ class RLTrainer:
         per_dom[1].index_add_(0, dom, correct.double())
         per_dom[2].index_add_(0, dom, torch.ones(len(dom), dtype=torch.float64))
         rw = self.rewarder.counters(reset=True)
-        host = torch.tensor([rewards.double().sum().item(), len(rewards), sum(ro.lengths), sum(ro.truncated), int(zero.sum()),
-                             len(zero), rw.get("n_timeout", 0), rw.get("n_crash", 0)], dtype=torch.float64)
+        host = torch.tensor([rewards.double().sum().item(), len(rewards), sum(ro.lengths), sum(ro.truncated),
+                             int(zero.sum()), len(zero), rw.get("n_timeout", 0), rw.get("n_crash", 0)],
+                            dtype=torch.float64)
         dev_part = torch.stack([loss_sum, ent_sum, diff_sum, *[sums[k] for k in _STAT_ORDER]]).double().cpu()
         packed = self._all_reduce(torch.cat([host, dev_part, per_dom.reshape(-1)]))
         dmax = self._all_reduce(diff_max.detach().double().cpu().reshape(1), dist.ReduceOp.MAX).item()

@@ -92,3 +92,32 @@ def test_hanging_verifier_times_out_without_stalling_the_step():
     assert counters["n_timeout"] == 2
     adv = group_advantages(torch.tensor([r.reward for r in res]), 4)
     assert torch.isfinite(adv).all() and adv[1] > 0 > adv[0]
+
+
+def test_filter_cli_counts_keeps_and_resumes(smol_slice, tmp_path):
+    """The real CLI with the engine and the Rewarder: one pass count per prompt appended to the counts file; a rerun
+    finds every prompt counted, loads no model and rebuilds the same mixes."""
+    import subprocess
+    import sys
+
+    from tests.train._runs import ROOT, env
+    src = [json.loads(x) for x in (PROMPT_DIR / "mc.jsonl").read_text().splitlines()[:3]]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in src))
+    out, bal = tmp_path / "kept.jsonl", tmp_path / "balanced.jsonl"
+    cmd = [sys.executable, "-m", "prism_fast.rl.filter", "--model", str(smol_slice), "--prompts", str(prompts),
+           "--k", "2", "--keep", "min:0", "--out", str(out), "--balanced-out", str(bal), "--max-new-tokens", "4",
+           "--batch", "2", "--no-think"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    counts = [json.loads(x) for x in (tmp_path / "kept.jsonl.counts.jsonl").read_text().splitlines()]
+    assert [c["key"] for c in counts] == [prompt_key(r) for r in src] and all(0 <= c["passes"] <= 2 for c in counts)
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == [r["prompt"] for r in src]  # min:0
+    t0 = time.perf_counter()
+    p2 = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0 and "3 prompts counted" in p2.stderr
+    assert len((tmp_path / "kept.jsonl.counts.jsonl").read_text().splitlines()) == 3
+    assert time.perf_counter() - t0 < 60
+    p3 = subprocess.run(cmd[:-1] + ["--keep", "most:1"], cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert p3.returncode == 2
+    assert p3.stderr.strip() == "error: --keep 'most:1'; valid: paper, exact:N, min:N (e.g. exact:1)"
