@@ -15,8 +15,9 @@ the local queries attend to it document by document: a local chunk [s, e) meets 
 [max(s, ds), min(e, de)) against keys [ds, min(e, de)) with the causal mask aligned bottom-right (the queries are
 the last rows of the document prefix). Document masks and sliding windows are preserved exactly.
 Unusual: our varlen op (ops.varlen_attention) only does self-attention with one cu_seqlens, so the segments run
-through SDPA with an explicit mask (CPU / no flash-attn) or flash_attn_varlen_func with separate q / k boundaries
-(CUDA, one call for all segments). `cp_attention_ref` is the pure-PyTorch reference (fp32 masked softmax).
+through SDPA with a lower-right causal bias (an explicit mask only with a sliding window), or
+flash_attn_varlen_func with separate q / k boundaries (CUDA fp16/bf16 with flash-attn installed: one call for all
+segments). `cp_attention_ref` is the pure-PyTorch reference (fp32 masked softmax).
 Memory: the gathered K/V of one layer is [T, 2, Hkv, Dh] (GQA keeps it small next to the [T/cp, D] activations).
 Dense models only: Mamba layers would need their SSM state passed between cp ranks, which is not implemented.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from torch.distributed._functional_collectives import all_gather_single, wait_tensor
 
 _PER_TOKEN = ("input_ids", "labels", "position_ids", "domain_ids")
@@ -68,18 +70,15 @@ def plan_segments(cu_seqlens: list[int], chunks: list[tuple[int, int]]) -> list[
     return segs
 
 
-def _segment_mask(n_q: int, k_lo: int, k_hi: int, window_left: int, device) -> torch.Tensor | None:
-    """Bool [n_q, k_hi - k_lo] (True = attend) for queries at global rows k_hi - n_q .. k_hi - 1, or None when the
-    mask is the plain top-left causal one (n_q == number of keys, no window) that SDPA's is_causal covers."""
-    n_k = k_hi - k_lo
-    if n_q == n_k and window_left < 0:
-        return None
+def _segment_mask(n_q: int, n_k: int, window_left: int, device):
+    """What SDPA gets for n_q queries that are the last n_q of n_k keys: without a window a lower-right causal
+    bias (CausalBias: CUDA runs it in the memory-efficient kernel, no [n_q, n_k] mask is built), with one a bool
+    [n_q, n_k] mask (True = attend)."""
+    if window_left < 0:
+        return causal_lower_right(n_q, n_k)
     i = torch.arange(n_k - n_q, n_k, device=device)[:, None]
     j = torch.arange(n_k, device=device)[None, :]
-    m = j <= i
-    if window_left >= 0:
-        m &= j >= i - window_left
-    return m
+    return (j <= i) & (j >= i - window_left)
 
 
 @dataclass
@@ -141,9 +140,8 @@ def segment_attention_sdpa(q, k_full, v_full, segments, softmax_scale: float, wi
     for qa, qb, ka, kb in segments:
         qd = q[qa:qb].transpose(0, 1).unsqueeze(0)                                    # [1, H, Lq, Dh]
         kd, vd = (x[ka:kb].transpose(0, 1).unsqueeze(0) for x in (k_full, v_full))    # [1, Hkv, Lk, Dh]
-        m = _segment_mask(qb - qa, ka, kb, window_left, q.device)
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=m, is_causal=m is None, scale=softmax_scale,
-                                           enable_gqa=gqa)
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=_segment_mask(qb - qa, kb - ka, window_left, q.device),
+                                           scale=softmax_scale, enable_gqa=gqa)
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs, dim=0)                                                    # segments tile [0, Tl)
 
