@@ -94,6 +94,7 @@ def test_hanging_verifier_times_out_without_stalling_the_step():
     assert torch.isfinite(adv).all() and adv[1] > 0 > adv[0]
 
 
+@pytest.mark.slow
 def test_filter_cli_counts_keeps_and_resumes(smol_slice, tmp_path):
     """The real CLI with the engine and the Rewarder: one pass count per prompt appended to the counts file; a rerun
     finds every prompt counted, loads no model and rebuilds the same mixes."""
