@@ -8,6 +8,8 @@
   - a failed collective (a peer rank died, hung past the process-group timeout, or its connection dropped):
     `error: rank R: ...` from each surviving rank (rank 0 may be the dead one), exit 1.
 `--debug` anywhere in argv keeps the full traceback instead. Anything else (a real bug) propagates unchanged.
+`run_trainer(make_trainer)` is the shared build -> train -> summary -> close body of trainer entry points
+(midtrain, RL): after a failure it closes the process group without the final barrier.
 
 Under plain `torchrun` the launcher adds its own ChildFailedError summary after the line when children exit
 non-zero; `python -m prism_fast.launch` (same arguments as torchrun) replaces that with one line and passes
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -73,10 +75,34 @@ def run_entry(main: Callable[[list[str]], int], argv: Sequence[str] | None = Non
         return 1
 
 
+def run_trainer(make_trainer: Callable[[], Any], ok_statuses: Sequence[str] = ("done", "preempted")) -> int:
+    """Build -> train() -> summary (rank 0) -> close(), the body of every trainer entry point. Exit status 0 when
+    train() returns one of ok_statuses, else 1. After a failure the trainer closes with `close(barrier=False)`:
+    a peer may be dead or waiting in another collective, so the final barrier could only hang."""
+    trainer, ok = None, False
+    try:
+        trainer = make_trainer()
+        status = trainer.train()
+        trainer.metrics.close()  # progress bar first, then the summary
+        if trainer.rank == 0:
+            print(trainer.summary(), flush=True)
+        ok = True
+        return 0 if status in ok_statuses else 1
+    finally:
+        if trainer is not None:
+            trainer.close(barrier=ok)
+        elif _dist_initialized():
+            sys.modules["torch.distributed"].destroy_process_group()
+
+
 # ------------------------------------------------------------------------------------------ collective agreement
-def _dist_active(group) -> bool:
+def _dist_initialized() -> bool:
     dist = sys.modules.get("torch.distributed")
-    return dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _dist_active(group) -> bool:
+    return _dist_initialized() and sys.modules["torch.distributed"].get_world_size(group) > 1
 
 
 def agree_on_error(local: BaseException | None, group=None) -> None:

@@ -38,28 +38,9 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from prism_fast.entry import run_trainer
     from prism_fast.train.trainer import Trainer
-    trainer, ok = None, False
-    try:
-        trainer = Trainer(cfg)
-        status = trainer.train()
-        trainer.metrics.close()  # progress bar first, then the summary
-        if trainer.rank == 0:
-            print(trainer.summary(), flush=True)
-        ok = True
-        return 0 if status in ("done", "preempted") else 1
-    finally:
-        # After a failure no barrier: a peer may be dead, or waiting in a different collective.
-        if trainer is not None:
-            trainer.close(barrier=ok)
-        else:
-            _close_process_group()
-
-
-def _close_process_group():
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    return run_trainer(lambda: Trainer(cfg))
 
 
 if __name__ == "__main__":

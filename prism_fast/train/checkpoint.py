@@ -294,8 +294,10 @@ class Checkpointer:
         prev = list_complete(self.dir)
         kept = f"the previous checkpoint {prev[-1]} is intact" if prev else "no earlier checkpoint exists"
         why = _write_failure(failures[0][1], needed, free)
-        msg = (f"checkpoint step-{step} could not be written under {self.dir}: {why}; the save needs about {_mib(needed)} of tensors ({'?' if free is None else _mib(free)} free there "
-               f"now; first failure on rank {failures[0][0]}); the partial write was removed and {kept}. "
+        free_s = "?" if free is None else _mib(free)
+        msg = (f"checkpoint step-{step} could not be written under {self.dir}: {why}; the save needs about "
+               f"{_mib(needed)} of tensors ({free_s} free there now; first failure on rank {failures[0][0]}); "
+               f"the partial write was removed and {kept}. "
                f"Free space or set --train.run_dir elsewhere, then rerun to resume from it")
         raise UserError(msg) from err  # every rank: all of them saw the same gathered failures
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,7 +27,6 @@ def shard(tmp_path_factory, hf_tokenizer_dir):
 
 
 def _copy(shard, tmp_path, name="copy"):
-    import shutil
     dst = tmp_path / name
     shutil.copytree(shard, dst)
     return dst

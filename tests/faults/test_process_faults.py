@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from prism_fast.checkpoint import integrity
 from prism_fast.train.checkpoint import list_complete
 from tests.faults import _faults
 from tests.faults._faults import STEPS
@@ -47,23 +46,29 @@ def test_sigterm_saves_then_resume_equals_the_reference(tmp_path, base, referenc
     _faults.record("SIGTERM (preemption), 2 ranks", True, f"nothing (checkpoint written at step {step})", secs)
 
 
-def test_rank_killed_while_others_wait_in_a_collective(tmp_path, base):
-    """SIGKILL rank 1 mid-run: torchrun stops the survivor promptly; checkpoints on disk stay intact."""
+def test_rank_killed_while_others_wait_in_a_collective(tmp_path, base, reference):
+    """Rank 0 is frozen inside the step-4 save (test hook: after the shards, before COMPLETE) while rank 1 waits
+    for it in the save's next collective; SIGKILL rank 0 there. The job ends within bounded time, step-4 is
+    never loadable, and the rerun resumes from step-2 and equals the reference."""
     d = tmp_path / "run"
-    proc = _faults.start(2, base + [f"--train.run_dir={d}", "--train.steps=400", "--checkpoint.interval=2"])
-    _faults.wait_for(lambda: _faults.logged_steps(d) >= 3, proc, what="three logged steps")
+    args = base + [f"--train.run_dir={d}"]
+    proc = _faults.start(2, args, PRISM_CKPT_TEST_PAUSE_S=120, PRISM_CKPT_TEST_PAUSE_STEP=4)
+    _faults.wait_for((d / "checkpoints" / "step-4.tmp" / "PAUSED").exists, proc, what="the step-4 save")
     pids = _faults.worker_pids(proc.pid)
     assert sorted(pids) == [0, 1], pids
     t0 = time.perf_counter()
-    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[0], signal.SIGKILL)
     out, _ = proc.communicate(timeout=120)
     secs = time.perf_counter() - t0
     assert proc.returncode != 0 and secs < 60, (secs, out[-3000:])
-    assert "exitcode  : -9" in out or "Signal 9" in out or "SIGKILL" in out, out[-3000:]
-    done = list_complete(d / "checkpoints")
-    assert done and all(integrity.verify(p)[0] == "intact" for p in done)
-    _faults.record("A rank SIGKILLed mid-run (2 ranks, torchrun)", True,
-                   "steps since the newest checkpoint; job ends, rerun resumes", secs, note="time to job exit")
+    assert "Signal 9" in out or "SIGKILL" in out or "exitcode  : -9" in out, out[-3000:]
+    assert "error: rank 0: a collective failed" not in out, "rank 0 is the dead one"
+    assert [p.name for p in list_complete(d / "checkpoints")] == ["step-2"]
+    out, rsecs = _faults.timed_resume(2, args, d)
+    _faults.assert_losses_match(reference, d, range(3, STEPS + 1), atol=1e-6)
+    _faults.record("A rank SIGKILLed while the other waits in a collective (2 ranks, torchrun)", True,
+                   f"steps 3-4 (the unfinished step-4 save is ignored); job ended {secs:.1f} s after the kill",
+                   rsecs)
 
 
 def test_hung_rank_times_out_with_one_clear_line(tmp_path, base):
