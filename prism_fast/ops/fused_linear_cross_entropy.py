@@ -15,8 +15,8 @@ Backends (see _lm_head_chunks.py for the chunk loop and its memory math):
 The chunk loop is the custom op prism::fused_linear_cross_entropy_fwd (+ _bwd for reduction="none"), with fake
 impls and registered autograd, so a compiled model keeps the loss as one graph node.
 Gradients: for mean/sum they are computed during forward (Liger-style: dlogits of a chunk are consumed by the two
-gradient GEMMs right away, so backward only scales dH/dW by the upstream scalar (out of place: one transient copy
-of each) and the 3 GEMMs of the unfused op are all that run). For reduction="none" the upstream gradient differs
+gradient GEMMs right away, so backward only scales dH/dW in place by the upstream scalar and the 3 GEMMs of the
+unfused op are all that run). For reduction="none" the upstream gradient differs
 per token, so backward recomputes each chunk's logits (one extra GEMM). Under torch.no_grad() (evaluation) no
 gradient work is done.
 Compute dtype is weight.dtype (hidden is cast chunk by chunk); dW accumulates across chunks in fp32.
@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Optional  # custom_op schema inference
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from prism_fast.ops._dispatch import has_module, resolve, triton_ok
 from prism_fast.ops._lm_head_chunks import (TORCH_BYTES_PER_LOGIT, TORCH_CHUNK_BYTES, TRITON_CHUNK_BYTES,
@@ -248,11 +249,17 @@ def _flce_backward(ctx, g_loss, _g_tok, _g_dh, _g_dw):
         hidden, weight, labels = ctx.saved_tensors
         dh, dw = _flce_bwd_op(g_loss.float().contiguous(), hidden, weight, labels, *ctx.kw, need_dh, need_dw)
     else:
-        # The gradients were formed in forward for a unit upstream gradient; scale them (out of place, so a
-        # retain_graph second backward stays correct). g_loss is kept fp32: 1/grad_accum or 1/global_tokens must
-        # not be rounded to bf16 before scaling.
+        # The gradients were formed in forward for a unit upstream gradient; scale them IN PLACE: the loss backward
+        # runs first in a step's backward, while every activation is alive, so a copy of dW [V, D] and dH [N, D]
+        # there would raise the step's peak memory. The buffers are ours and used once: a second backward through
+        # a retained graph is refused by autograd's version check of the saved tensors. g_loss stays fp32:
+        # 1/grad_accum or 1/global_tokens must not be rounded to bf16 first.
+        # Traced (torch.compile / AOT) backward graphs may not mutate their saved inputs: scale out of place there.
         dh, dw = ctx.saved_tensors
-        dh, dw = (dh * g_loss).to(ctx.dtypes[0]), (dw * g_loss).to(ctx.dtypes[1])
+        if torch.compiler.is_compiling() or is_fake(dh) or is_fake(dw):
+            return ((dh * g_loss).to(ctx.dtypes[0]) if need_dh else None,
+                    (dw * g_loss).to(ctx.dtypes[1]) if need_dw else None, *([None] * 9))
+        dh, dw = dh.mul_(g_loss).to(ctx.dtypes[0]), dw.mul_(g_loss).to(ctx.dtypes[1])
     return (dh if need_dh else None, dw if need_dw else None, *([None] * 9))
 
 

