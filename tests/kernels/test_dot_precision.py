@@ -2,8 +2,8 @@
 
 Hazard (issue 12, section 3): Triton's default input precision on NVIDIA is TF32, so a bare `tl.dot` of fp32
 tiles rounds both operands to 10 mantissa bits on Ampere / Hopper, and fp32 attention stops matching an fp32
-reference; the interpreter computes exactly and cannot show it. On the old code the source test fails (the 11
-attention dots had no input_precision) and the IR test finds `inputPrecision = tf32` in the fp32 attention kernels.
+reference; the interpreter computes exactly and cannot show it. On the old code the source test fails (13 bare
+dots: the 11 of the attention kernels, which ran fp32 inputs as TF32 on GPU, and the 2 16-bit SSD ones).
 """
 import ast
 import pathlib
