@@ -6,11 +6,12 @@ token of the row. A small dense llama (fp32, no activation checkpointing, so act
 training step (forward + backward of the summed loss) per repetition on a single long document; gloo on CPU.
 Both layouts run side by side in one invocation as torchrun jobs of this file (`--worker`).
 
-Memory per rank, two measures: "saved activations" = bytes of the tensors autograd saves for backward during the
-forward that have a token dimension (torch.autograd.graph.saved_tensors_hooks; exact, allocator-independent, no
-weights: what CP divides; the model's dims avoid the token counts), and "peak RSS" = the process's VmHWM after
-the steps (model included, no optimizer). On CUDA it would be max_memory_allocated; this bench has only run on
-CPU. The cp=2 job also pays FSDP's all-gather / reduce-scatter over its 2 ranks, which cp=1 does not.
+Memory per rank, two measures: "saved activations" = bytes of the storages autograd keeps for backward from
+the forward, of tensors with a token dimension, each storage once (torch.autograd.graph.saved_tensors_hooks;
+exact, allocator-independent, no weights: what CP divides; the model's dims avoid the token counts), and "peak
+RSS" = the process's VmHWM after the steps (model included, no optimizer). On CUDA it would be
+max_memory_allocated; this bench has only run on CPU. The cp=2 job also pays FSDP's all-gather / reduce-scatter
+over its 2 ranks, which cp=1 does not.
 
     python bench/bench_cp.py [--seq 2048] [--reps 5] [--overwrite]
 Rows go to bench/results/cp.csv (bench/utils.py columns).
@@ -63,13 +64,14 @@ def worker(seq: int, reps: int, out: str) -> None:
         batch = ContextParallel(dims.cp_mesh(), torch.device("cpu")).shard(batch)
     kw = {"cu_seqlens": batch.get("cu_seqlens"), "cp": batch.get("cp")}
 
-    saved = [0]
+    saved: dict[int, int] = {}                                     # storage address -> bytes (views counted once)
 
     token_dims = {batch["input_ids"].shape[1], seq}                 # this rank's tokens, the row's tokens
 
     def pack(t):
         if token_dims & set(t.shape):                              # activations have a token dimension; weights
-            saved[0] += t.numel() * t.element_size()               # (and their concatenations) do not
+            st = t.untyped_storage()                               # (and their concatenations) do not
+            saved[st.data_ptr()] = st.nbytes()
         return t
 
     def step(count=False):
@@ -86,7 +88,8 @@ def worker(seq: int, reps: int, out: str) -> None:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    stats = torch.tensor([sorted(times)[len(times) // 2], saved[0] / 2**20, _vm_hwm_mb()], dtype=torch.float64)
+    stats = torch.tensor([sorted(times)[len(times) // 2], sum(saved.values()) / 2**20, _vm_hwm_mb()],
+                         dtype=torch.float64)
     dist.all_reduce(stats, op=dist.ReduceOp.MAX)                  # the slowest / largest rank
     if rank == 0:
         local = batch["input_ids"].shape[1]

@@ -23,13 +23,14 @@ Dense models only: Mamba layers would need their SSM state passed between cp ran
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 from torch.distributed._functional_collectives import all_gather_single, wait_tensor
+from torch.nn.attention.bias import causal_lower_right
 
 _PER_TOKEN = ("input_ids", "labels", "position_ids", "domain_ids")
 
@@ -92,7 +93,6 @@ class CPShard:
     total_len: int                             # T of the full row
     segments: list[tuple[int, int, int, int]]  # plan_segments(...)
     order: torch.Tensor                        # gather_order(T, cp), int64 [T], on the model's device
-    cu_seqlens: list[int]                      # the full row's document boundaries (for references and checks)
 
     def gather_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v [T/cp, Hkv, Dh] local -> [T, Hkv, Dh] in global order, from every cp rank (autograd: backward
@@ -124,7 +124,9 @@ class CPShard:
                                     softmax_scale=scale, causal=True, window_size=tuple(window_size))
 
 
+@functools.cache
 def _flash_attn_varlen():
+    """flash_attn_varlen_func, or None when flash-attn is not installed (probed once)."""
     try:
         from flash_attn import flash_attn_varlen_func  # noqa: PLC0415 (optional CUDA extension)
     except ImportError:
@@ -192,7 +194,7 @@ class ContextParallel:
             self._orders[T] = gather_order(T, self.size).to(self.device)
         out["cp"] = CPShard(group=self.group, size=self.size, total_len=T,
                             segments=plan_segments(cu, chunk_ranges(T, self.size, self.rank)),
-                            order=self._orders[T], cu_seqlens=cu)
+                            order=self._orders[T])
         return out
 
 
