@@ -10,7 +10,9 @@ Targets: "interp" (the CPU interpreter: one small config, fast tests), "sm90" (H
 shared memory per block), "sm80" (Ampere and anything else with CUDA: 163 KiB). Rows are keyed by the largest
 head dim they serve. The sm_90 rows are FA2-Triton / mamba-style starting points, NOT yet measured on an H200
 here (no GPU was available): tests/kernels/test_aot.py compiles every row for its architecture and checks its
-shared memory against the limit, which is what rules a row out (e.g. 128-row forward tiles at head dim 256).
+shared memory against the limit (ptxas accepts more than a block may use). Head dim 256 gets 64 x 32 forward
+tiles: the 128 x 64 tiles of head dim 128 do fit there (128 KiB of shared memory on sm_90, by the AOT compile),
+but keep a 128 x 256 fp32 accumulator and the Q tile in registers, ~190 of the 255 per thread at 8 warps.
 """
 from __future__ import annotations
 
