@@ -1,0 +1,81 @@
+"""The mini-PRISM study: the stage cache protocol (fast), and one real `--smoke` study (slow): every stage runs
+and the report places each claim beside a measured number; a rerun is a no-op; deleting one stage's output re-runs
+exactly that stage and the stages that read it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prism_fast.entry import UserError
+from prism_fast.study import StageDir, Study, stage_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_stage_key_depends_on_config_and_upstream_run_ids():
+    k = stage_key("rl_mt", {"steps": 2}, {"mt": "a"})
+    assert k == stage_key("rl_mt", {"steps": 2}, {"mt": "a"})
+    assert k != stage_key("rl_mt", {"steps": 3}, {"mt": "a"})
+    assert k != stage_key("rl_mt", {"steps": 2}, {"mt": "b"})      # upstream re-ran -> this stage re-runs
+
+
+def test_stage_dir_resumes_same_key_and_wipes_other_key(tmp_path):
+    sd = StageDir(tmp_path, "mt", "k1")
+    assert sd.done() is None and sd.start() is False
+    (sd.path / "partial.txt").write_text("checkpoint")               # a killed run's partial output
+    assert StageDir(tmp_path, "mt", "k1").start() is True            # same key: resume, keep it
+    assert (sd.path / "partial.txt").exists()
+    rec = sd.finish({"model": "x"}, 1.0)
+    assert StageDir(tmp_path, "mt", "k1").done() == rec
+    other = StageDir(tmp_path, "mt", "k2")                           # config changed: not done, wiped on start
+    assert other.done() is None and other.start() is False
+    assert not (sd.path / "partial.txt").exists() and not (sd.path / "DONE").exists()
+
+
+def test_unknown_mode_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="unknown mode"):
+        Study(tmp_path, "huge")
+
+
+def _study(out: Path) -> list[str]:
+    p = subprocess.run([sys.executable, "-m", "prism_fast.study", "--smoke", "--out", str(out), "--no-progress"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    line = [x for x in p.stdout.splitlines() if x.startswith("stages run:")][-1]
+    return [] if "all cached" in line else line.split(":", 1)[1].strip().split(", ")
+
+
+def _run_ids(out: Path) -> dict[str, str]:
+    return {d.name: json.loads((d / "DONE").read_text())["run_id"] for d in (out / "stages").iterdir()}
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_caches_and_reruns_only_dependents(tmp_path):
+    out = tmp_path / "study"
+    ran = _study(out)
+    stages = ["base", "mt", "rl_base", "rl_mt", "eval_base", "eval_mt", "eval_rl_base", "eval_rl_mt", "weights",
+              "direction", "cka", "landscape"]
+    assert ran == stages
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "## Claims of the paper next to the measurement" in report
+    assert report.count("reproduced**") >= 6                    # a computed verdict on every testable claim
+    for png in ("study_eval.png", "study_rl_reward.png", "weights_components.png", "cka.png"):
+        assert (out / "report" / png).stat().st_size > 1000, png
+    rl = json.loads((out / "stages/rl_mt/DONE").read_text())["result"]
+    assert len(rl["reward"]) == 2 and Path(rl["model"], "config.json").exists()
+    w = json.loads((out / "stages/weights/DONE").read_text())["result"]["pairs"]
+    assert w["base->mt"]["group"]["all"]["rel_change"] > 0 and w["mt->rl_mt"]["group"]["all"]["rel_change"] > 0
+
+    ids = _run_ids(out)
+    assert _study(out) == [] and _run_ids(out) == ids          # rerun: nothing runs, nothing changes
+
+    shutil.rmtree(out / "stages" / "rl_mt")
+    assert _study(out) == ["rl_mt", "eval_rl_mt", "weights", "cka", "landscape"]
+    after = _run_ids(out)
+    assert all(after[s] == ids[s] for s in ("base", "mt", "rl_base", "eval_base", "eval_mt", "eval_rl_base",
+                                            "direction"))
