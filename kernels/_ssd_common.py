@@ -44,6 +44,23 @@ def program_ids():
 
 
 @triton.jit
+def row_dots(A_base, A_stride_t, A_stride_p, ti, B_base, B_stride_t, B_stride_p, tj, T, P, BLOCK_K: tl.constexpr,
+             DOT_MODE: tl.constexpr):
+    """sum_p A[ti, p] B[tj, p] for two [T, P] operands read through strides (rows >= T read as 0): the
+    dY_i . x_j products of the intra-chunk backward (dCB, and the stable dA pairs). -> [len(ti), len(tj)] fp32."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((ti.shape[0], tj.shape[0]), dtype=tl.float32)
+    for k0 in range(0, P, BLOCK_K):
+        kk = k0 + offs_k
+        a = tl.load(A_base + ti[:, None] * A_stride_t + kk[None, :] * A_stride_p,
+                    mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
+        bt = tl.load(B_base + tj[None, :] * B_stride_t + kk[:, None] * B_stride_p,
+                     mask=(tj < T)[None, :] & (kk < P)[:, None], other=0.0).to(tl.float32)
+        acc += mm(a, bt, DOT_MODE)
+    return acc
+
+
+@triton.jit
 def rows_times_state(A_base, A_stride_t, A_stride_p, t, T, S_base, P, N, offs_n, BLOCK_K: tl.constexpr,
                      DOT_MODE: tl.constexpr):
     """sum_p A[t, p] S[p, n] for the rows t [BM] of a [T, P] operand read through strides (rows >= T read as 0)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids
+from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, row_dots
 
 
 @triton.jit
@@ -66,7 +66,6 @@ def _ssd_bmm_bwd_dcb_kernel(
     R = H // G
     offs_i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     ti, tj = pid_c * L + offs_i, pid_c * L + offs_j
     mask = (offs_j[None, :] <= offs_i[:, None]) & (offs_i < L)[:, None]
     if HAS_SEQ:
@@ -78,14 +77,8 @@ def _ssd_bmm_bwd_dcb_kernel(
         h = pid_g * R + r
         dy_base = DY_ptr + pid_b * DY_stride_b + h * DY_stride_h
         x_base = X_ptr + pid_b * X_stride_b + h * X_stride_h
-        dots = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, P, BLOCK_K):
-            kk = k + offs_k
-            dy = tl.load(dy_base + ti[:, None] * DY_stride_t + kk[None, :] * DY_stride_p,
-                         mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
-            xt = tl.load(x_base + tj[None, :] * X_stride_t + kk[:, None] * X_stride_p,
-                         mask=(tj < T)[None, :] & (kk < P)[:, None], other=0.0).to(tl.float32)
-            dots += mm(dy, xt, DOT_MODE)
+        dots = row_dots(dy_base, DY_stride_t, DY_stride_p, ti, x_base, X_stride_t, X_stride_p, tj, T, P, BLOCK_K,
+                        DOT_MODE)
         cs_base = DA_CS_ptr + ((pid_b * H + h) * nc + pid_c) * L
         a_i = tl.load(cs_base + offs_i, mask=offs_i < L, other=0.0)
         a_j = tl.load(cs_base + offs_j, mask=offs_j < L, other=0.0)

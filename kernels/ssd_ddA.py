@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, rows_times_state
+from ._ssd_common import block, dot_mode, launch_opts, program_ids, row_dots, rows_times_state
 
 
 @triton.jit
@@ -38,7 +38,6 @@ def _ssd_bwd_ddA_kernel(
     g = pid_h // (H // G)
     offs_i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = tl.arange(0, BLOCK_J)
-    offs_k = tl.arange(0, BLOCK_K)
     offs_n = tl.arange(0, BLOCK_N)
     ti = pid_c * L + offs_i
     cs_base = ((pid_b * H + pid_h) * nc + pid_c) * L
@@ -69,14 +68,8 @@ def _ssd_bwd_ddA_kernel(
     for j0 in range(0, hi, BLOCK_J):
         jj = j0 + offs_j
         tj = pid_c * L + jj
-        dots = tl.zeros((BLOCK_M, BLOCK_J), dtype=tl.float32)
-        for k0 in range(0, P, BLOCK_K):
-            kk = k0 + offs_k
-            dy = tl.load(dy_base + ti[:, None] * DY_stride_t + kk[None, :] * DY_stride_p,
-                         mask=(ti < T)[:, None] & (kk < P)[None, :], other=0.0).to(tl.float32)
-            xt = tl.load(x_base + tj[None, :] * X_stride_t + kk[:, None] * X_stride_p,
-                         mask=(tj < T)[None, :] & (kk < P)[:, None], other=0.0).to(tl.float32)
-            dots += mm(dy, xt, DOT_MODE)
+        dots = row_dots(dy_base, DY_stride_t, DY_stride_p, ti, x_base, X_stride_t, X_stride_p, tj, T, P, BLOCK_K,
+                        DOT_MODE)
         cb = tl.load(cb_base + offs_i[:, None] * L + jj[None, :],
                      mask=(offs_i < L)[:, None] & (jj < L)[None, :], other=0.0)
         a_j = tl.load(DA_CS_ptr + cs_base + jj, mask=jj < L, other=0.0)
