@@ -95,15 +95,17 @@ def test_two_ranks_equal_one_rank_and_resume_on_one_rank(smol_slice, tmp_path):
     assert (out / "trajectory.json").exists()
 
 
-def test_config_errors_are_one_line_exit_2(tmp_path):
-    p = _run(None, ["--recipe", "tiny", "--loss.agg=mean"], check=False)
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
+    from prism_fast.entry import run_entry
+    from prism_fast.rl.__main__ import main
+    assert run_entry(main, ["--recipe", "tiny", "--loss.agg=mean"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: loss.agg='mean'; valid: token, seq-mean-token-mean, seq-mean-token-sum-norm"]
-    p = _run(None, ["--recipe", "llama_3_1_8b", f"--train.run_dir={tmp_path}"], check=False)
+    assert run_entry(main, ["--recipe", "nope"]) == 2
+    assert "available: demo, tiny, granite_3_3_8b" in capsys.readouterr().err
+    p = _run(None, ["--recipe", "llama_3_1_8b", f"--train.run_dir={tmp_path}"], check=False)   # a real launch
     assert p.returncode == 2 and "model.path='runs/llama_3_1_8b/export' does not exist" in p.stderr
     assert "Traceback" not in p.stderr
-    p = _run(None, ["--recipe", "nope"], check=False)
-    assert p.returncode == 2 and "available: demo, tiny, granite_3_3_8b" in p.stderr
 
 
 def test_list_and_print_config_without_weights():
