@@ -4,9 +4,11 @@ Workload: 64 chat requests (the tokenizer's chat template) with uneven prompts (
 passages) and uneven answers (greedy until EOS, capped at --max-new), the same token-id prompts for both, the same
 dtype for both. transformers gets its best plain settings: one batch of all requests, left padding, KV cache,
 SDPA attention. Each provider runs in its own child process so its peak RSS is its own (VmHWM, reset after the
-model load: the figure is what generation adds). Generated tokens are counted up to and including EOS for both;
+model load: the figure is what generation adds). Both wall-clock and process-CPU-time throughput are reported:
+on a shared, loaded machine (--concurrent runs both workers at once) the per-CPU-second ratio is the steadier
+figure. Generated tokens are counted up to and including EOS for both;
 with fp32 the two must produce the same tokens (reported as `agree`).
-Usage: python bench/bench_inference.py [--quick] [--dtype fp32|bf16] [--requests 64] [--max-new 128]
+Usage: python bench/bench_inference.py [--quick] [--dtype fp32|bf16] [--requests 64] [--max-new 64]
 Rows go to bench/results/inference.csv; the machine and the load average (`uptime`) are printed with them.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ PASSAGE = ("The quick brown fox jumps over the lazy dog while the farmer counts 
 
 
 def build_prompts(tok, n: int) -> list[list[int]]:
-    """n chat prompts: question styles and pasted passages of very different lengths (8 to ~350 tokens)."""
+    """n chat prompts: question styles and pasted passages of very different lengths (~30 to ~240 tokens)."""
     prompts = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
@@ -43,7 +45,7 @@ def build_prompts(tok, n: int) -> list[list[int]]:
         elif kind == 2:
             q = f"Give one word related to {topic}."
         else:
-            q = f"{PASSAGE * (1 + i % 9)}\nSummarize the text above and relate it to {topic}."
+            q = f"{PASSAGE * (1 + i % 5)}\nSummarize the text above and relate it to {topic}."
         prompts.append(list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                     tokenize=True, return_dict=False)))
     return prompts
@@ -106,12 +108,12 @@ def worker(provider: str, args) -> dict:
                 comps.append(r[:r.index(eos) + 1] if eos in r else r)
             return comps
     base = _reset_peak_rss()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     comps = run()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     peak = _status_kb("VmHWM") * 1024 - base
-    res = {"provider": provider, "seconds": seconds, "tokens": sum(map(len, comps)), "completions": comps,
-           "prompt_tokens": sum(map(len, prompts)), "peak_rss_mb": peak / 2**20}
+    res = {"provider": provider, "seconds": seconds, "cpu_seconds": cpu_seconds, "tokens": sum(map(len, comps)),
+           "completions": comps, "prompt_tokens": sum(map(len, prompts)), "peak_rss_mb": peak / 2**20}
     if provider == "prism_fast":
         res["stats"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in engine.stats.items()}
     return res
@@ -120,12 +122,15 @@ def worker(provider: str, args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="16 requests, 24 new tokens")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--dtype", default="fp32", choices=["bf16", "fp32"])
     ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0))))
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="run both providers at once (a shared, loaded machine: both then get the same CPU share; "
+                         "compare the per-CPU-second figures)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
@@ -133,12 +138,19 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return
-    res = {}
+    procs = {}
     for prov in ("prism_fast", "transformers"):
         cmd = [sys.executable, __file__, "--worker", prov, "--dtype", args.dtype, "--requests", str(args.requests),
                "--max-new", str(args.max_new), "--max-batch", str(args.max_batch), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        res[prov] = json.loads(out.stdout.strip().splitlines()[-1])
+        procs[prov] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if not args.concurrent:
+            procs[prov].wait()
+    res = {}
+    for prov, p in procs.items():
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"error: the {prov} worker failed:\n{err[-3000:]}")
+        res[prov] = json.loads(out.strip().splitlines()[-1])
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     ours, hf = res["prism_fast"], res["transformers"]
     agree = sum(a == b for a, b in zip(ours["completions"], hf["completions"])) / len(ours["completions"])
@@ -146,10 +158,13 @@ def main(argv=None):
             "sampling": "greedy until EOS", "prompt_tokens": ours["prompt_tokens"], "threads": args.threads,
             "max_batch": args.max_batch, "hf": "generate, one left-padded batch, sdpa, use_cache",
             "load": uptime.split("load average:")[-1].strip(), "agree": round(agree, 3)}
+    conf["concurrent"] = args.concurrent
     rows = []
     for prov, r in res.items():
         rows.append(row("inference", prov, "generate", "tokens_per_s", "tok/s", args.requests,
                         r["tokens"] / r["seconds"], config=conf | {"tokens": r["tokens"]}, device="cpu"))
+        rows.append(row("inference", prov, "generate", "tokens_per_cpu_s", "tok/CPU-s", args.requests,
+                        r["tokens"] / r["cpu_seconds"], config=conf | {"tokens": r["tokens"]}, device="cpu"))
         rows.append(row("inference", prov, "generate", "peak_rss", "MiB", args.requests, r["peak_rss_mb"],
                         config=conf, device="cpu"))
     path = append_rows("inference", rows)
@@ -157,9 +172,10 @@ def main(argv=None):
           f"{ours['prompt_tokens']} prompt tokens, greedy, max_new {args.max_new}")
     for prov, r in res.items():
         print(f"{prov:12s} {r['tokens']:6d} tokens in {r['seconds']:7.1f} s = {r['tokens'] / r['seconds']:7.1f} tok/s"
-              f"   peak RSS +{r['peak_rss_mb']:7.0f} MiB")
-    print(f"speedup (ours / transformers tok/s): "
-          f"{(ours['tokens'] / ours['seconds']) / (hf['tokens'] / hf['seconds']):.2f}x; identical completions: "
+              f" ({r['tokens'] / r['cpu_seconds']:6.1f} tok per CPU-s)   peak RSS +{r['peak_rss_mb']:7.0f} MiB")
+    speed = lambda r, k: r["tokens"] / r[k]  # noqa: E731
+    print(f"speedup ours / transformers: {speed(ours, 'seconds') / speed(hf, 'seconds'):.2f}x wall, "
+          f"{speed(ours, 'cpu_seconds') / speed(hf, 'cpu_seconds'):.2f}x per CPU-second; identical completions: "
           f"{agree:.0%}; engine stats: {ours['stats']}")
     print(f"uptime: {uptime}")
     print(f"rows appended to {path}")

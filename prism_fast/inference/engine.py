@@ -94,6 +94,8 @@ class Engine:
         """Continue every prompt (token-id lists, or strings with a tokenizer); outputs in prompt order."""
         token_prompts = self._tokenize(prompts)
         plist = self._params_list(params, len(token_prompts))
+        if not token_prompts:
+            return []
         run = self._new_run(token_prompts, plist)
         model = self.model
         was_training = model.training

@@ -173,6 +173,7 @@ def test_update_weights_uses_the_new_weights():
 def test_clear_errors():
     model = tiny_model("llama")
     engine = Engine(model)
+    assert engine.generate([]) == []
     with pytest.raises(ValueError, match="at least one token"):
         engine.generate([[1], []])
     with pytest.raises(ValueError, match="tokenizer"):
