@@ -44,6 +44,20 @@ def program_ids():
 
 
 @triton.jit
+def carried_in_scale(DA_CS_ptr, cs_base, seg_base, pid_c, offs_i, L: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """(Acum_i, exp(Acum_i) [seg_i == seg_prev], seg_i) for rows offs_i of chunk pid_c: how much of the state
+    carried into the chunk reaches row i (seg_i: the rows' document ids, -1 past L; zeros without seq_idx)."""
+    a_i = tl.load(DA_CS_ptr + cs_base + offs_i, mask=offs_i < L, other=0.0)
+    scale = tl.exp(a_i)
+    seg_i = tl.zeros_like(offs_i)
+    if HAS_SEQ:
+        seg_i = tl.load(seg_base + pid_c * L + offs_i, mask=offs_i < L, other=-1)
+        seg_prev = tl.load(seg_base + pid_c * L - 1, mask=pid_c > 0, other=0)
+        scale = tl.where(seg_i == seg_prev, scale, 0.0)
+    return a_i, scale, seg_i
+
+
+@triton.jit
 def row_dots(A_base, A_stride_t, A_stride_p, ti, B_base, B_stride_t, B_stride_p, tj, T, P, BLOCK_K: tl.constexpr,
              DOT_MODE: tl.constexpr):
     """sum_p A[ti, p] B[tj, p] for two [T, P] operands read through strides (rows >= T read as 0): the

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, launch_opts, mm, program_ids, row_dots
+from ._ssd_common import block, dot_mode, launch_opts, program_ids, row_dots
 
 
 @triton.jit
@@ -32,18 +32,10 @@ def _ssd_bmm_fwd_kernel(
         return
     offs_i = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     ti, tj = pid_c * L + offs_i, pid_c * L + offs_j
     c_base = C_ptr + pid_b * C_stride_b + pid_g * C_stride_g
     b_base = B_ptr + pid_b * B_stride_b + pid_g * B_stride_g
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, N, BLOCK_K):
-        kk = k + offs_k
-        c = tl.load(c_base + ti[:, None] * C_stride_t + kk[None, :] * C_stride_n,
-                    mask=(ti < T)[:, None] & (kk < N)[None, :], other=0.0).to(tl.float32)
-        bt = tl.load(b_base + tj[None, :] * B_stride_t + kk[:, None] * B_stride_n,
-                     mask=(tj < T)[None, :] & (kk < N)[:, None], other=0.0).to(tl.float32)
-        acc += mm(c, bt, DOT_MODE)
+    acc = row_dots(c_base, C_stride_t, C_stride_n, ti, b_base, B_stride_t, B_stride_n, tj, T, N, BLOCK_K, DOT_MODE)
     out = CB_ptr + (pid_bc * G + pid_g) * L * L + offs_i[:, None] * L + offs_j[None, :]
     tl.store(out, acc, mask=(offs_i < L)[:, None] & (offs_j < L)[None, :])
 

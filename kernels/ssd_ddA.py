@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import block, dot_mode, launch_opts, program_ids, row_dots, rows_times_state
+from ._ssd_common import (block, carried_in_scale, dot_mode, launch_opts, program_ids, row_dots,
+                          rows_times_state)
 
 
 @triton.jit
@@ -41,12 +42,7 @@ def _ssd_bwd_ddA_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     ti = pid_c * L + offs_i
     cs_base = ((pid_b * H + pid_h) * nc + pid_c) * L
-    a_i = tl.load(DA_CS_ptr + cs_base + offs_i, mask=offs_i < L, other=0.0)
-    scale_i = tl.exp(a_i)
-    if HAS_SEQ:
-        seg_i = tl.load(SEG_ptr + pid_b * nc * L + ti, mask=offs_i < L, other=-1)
-        seg_prev = tl.load(SEG_ptr + pid_b * nc * L + pid_c * L - 1, mask=pid_c > 0, other=0)
-        scale_i = tl.where(seg_i == seg_prev, scale_i, 0.0)
+    a_i, scale_i, seg_i = carried_in_scale(DA_CS_ptr, cs_base, SEG_ptr + pid_b * nc * L, pid_c, offs_i, L, HAS_SEQ)
     dy_base = DY_ptr + pid_b * DY_stride_b + pid_h * DY_stride_h
     # inter_i = scale_i * sum_n C_in (dY_i @ S_in)_n
     c_base = C_ptr + pid_b * C_stride_b + g * C_stride_g
