@@ -74,8 +74,8 @@ def test_smoke_study_runs_caches_and_reruns_only_dependents(tmp_path):
     ids = _run_ids(out)
     assert _study(out) == [] and _run_ids(out) == ids          # rerun: nothing runs, nothing changes
 
-    shutil.rmtree(out / "stages" / "rl_mt")
-    assert _study(out) == ["rl_mt", "eval_rl_mt", "weights", "cka", "landscape"]
+    shutil.rmtree(out / "stages" / "rl_base")
+    assert _study(out) == ["rl_base", "eval_rl_base", "weights", "direction"]
     after = _run_ids(out)
-    assert all(after[s] == ids[s] for s in ("base", "mt", "rl_base", "eval_base", "eval_mt", "eval_rl_base",
-                                            "direction"))
+    assert all(after[s] == ids[s] for s in ("base", "mt", "rl_mt", "eval_base", "eval_mt", "eval_rl_mt", "cka",
+                                            "landscape"))

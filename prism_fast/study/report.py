@@ -38,6 +38,13 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**reproduced**" if ok else "**not reproduced**")
 
 
+def _more(a, b) -> str:
+    """Verdict of 'a > b' where a tie (e.g. both stages solve nothing) is no evidence either way."""
+    if a is None or b is None:
+        return "n/a"
+    return "**inconclusive** (tie)" if a == b else _verdict(a > b)
+
+
 def _claims(r: dict) -> tuple[list[list], dict]:
     """Rows (claim, paper, measured, criterion, verdict) and the headline numbers they use."""
     w = r["weights"]["pairs"]
@@ -73,10 +80,10 @@ def _claims(r: dict) -> tuple[list[list], dict]:
          ", ".join(f"{k} {_f(v)}" for k, v in cka.items()), "every set >= 0.99", _verdict(cka_min >= 0.99)],
         ["RL gains more after MT (eval)", "AVG base->RL < MT->RL gain (e.g. Granite +12.3 after MT)",
          f"gain after MT {_f(gain_mt, 2)} vs from base {_f(gain_base, 2)} pts (stand-ins)", "after MT > from base",
-         _verdict(None if gain_mt is None or gain_base is None else gain_mt > gain_base)],
+         _more(gain_mt, gain_base)],
         ["RL gains more after MT (training reward)", "(same claim, RL-time view)",
          f"last-third mean reward {_f(rew_mt, 3)} after MT vs {_f(rew_base, 3)} from base", "after MT > from base",
-         _verdict(None if rew_mt is None or rew_base is None else rew_mt > rew_base)],
+         _more(rew_mt, rew_base)],
         ["Update direction (not the paper's pair)", "cos(MC update, MCS update) 0.52-0.62",
          f"cos(MT update, RL-from-base update) {_f(cos)}", "reported only (different comparison)", "n/a"],
     ]
@@ -143,7 +150,8 @@ def write_report(study, seconds: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows, _ = _claims(r)
     pngs = _plots(study, r, out)
-    load = os.getloadavg()
+    load, load0 = os.getloadavg(), study.load_at_start
+    total = sum(rec["seconds"] for rec in study.records.values())
     s = study.size
     ran = [n for n, v in study.ran.items() if v]
     stage_rows = [[n, _f(rec["seconds"], 1), "yes" if study.ran.get(n) else "cached"]
@@ -151,9 +159,11 @@ def write_report(study, seconds: float) -> Path:
     lines = [
         f"# Mini-PRISM study: mode `{study.mode}`", "",
         f"Measured {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} "
-        f"({os.cpu_count()} cores, no GPU), load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-        f"(1/5/15 min; the machine is shared, so wall times are inflated). Wall time of this invocation: "
-        f"{seconds / 60:.1f} min (stages run now: {', '.join(ran) or 'none, all cached'}).",
+        f"({os.cpu_count()} cores, no GPU), load average (1/5/15 min) {load0[0]:.1f} / {load0[1]:.1f} / "
+        f"{load0[2]:.1f} at the start and {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end (the machine is "
+        f"shared: wall times are inflated by the load). Wall time of this invocation: {seconds / 60:.1f} min "
+        f"(stages run now: {', '.join(ran) or 'none, all cached'}); sum of every stage's last run: "
+        f"{total / 60:.1f} min.",
         f"Command: `python -m prism_fast.study{'' if study.mode == 'full' else ' --' + study.mode}`.", "",
         f"Model: {'a 2-layer slice of SmolLM2-135M-Instruct' if s['model'] == 'slice2' else 'SmolLM2-135M-Instruct'}."
         f" MT: {s['mt']['steps']} steps x {s['mt']['global_batch_size']} rows x {s['mt']['seq_len']} tokens on the "

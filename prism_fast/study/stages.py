@@ -97,6 +97,7 @@ class Study:
         self.progress = progress
         self.stage_timeout_s = stage_timeout_s
         self.report_dir = Path(report_dir) if report_dir else self.out / "report"
+        self.load_at_start = os.getloadavg()
 
     # ------------------------------------------------------------------ machinery
     def stage(self, name: str, config: dict, deps: tuple[str, ...], fn) -> dict:
