@@ -33,7 +33,7 @@ PASSAGE = ("The quick brown fox jumps over the lazy dog while the farmer counts 
 
 
 def build_prompts(tok, n: int) -> list[list[int]]:
-    """n chat prompts: question styles and pasted passages of very different lengths (~30 to ~240 tokens)."""
+    """n chat prompts: question styles and pasted passages of very different lengths (35 to 206 tokens for 64)."""
     prompts = []
     for i in range(n):
         topic = TOPICS[i % len(TOPICS)]
