@@ -13,6 +13,7 @@ import pytest
 
 from prism_fast.entry import UserError
 from prism_fast.study import StageDir, Study, stage_key
+from prism_fast.study.stages import run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,15 @@ def test_stage_dir_resumes_same_key_and_wipes_other_key(tmp_path):
 def test_unknown_mode_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unknown mode"):
         Study(tmp_path, "huge")
+
+
+def test_run_logged_failure_and_timeout_are_one_line_errors(tmp_path):
+    log = tmp_path / "log.txt"
+    with pytest.raises(UserError, match=r"failed \(exit 3: boom\); full output in .*log.txt"):
+        run_logged([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log, timeout_s=60)
+    assert "boom" in log.read_text()
+    with pytest.raises(UserError, match="ran longer than 1 s"):
+        run_logged([sys.executable, "-c", "import time; time.sleep(60)"], log, timeout_s=1)
 
 
 def _study(out: Path) -> list[str]:

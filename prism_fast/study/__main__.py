@@ -3,6 +3,7 @@ study. See docs/study/README.md."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from prism_fast.study.stages import Study
     args = build_parser().parse_args(argv)
+    # SIGTERM -> SystemExit, so the running stage's child is stopped cleanly (stages.run_logged) and saves.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     out = args.out or Path("runs") / f"study-{args.mode}"
     study = Study(out, args.mode, progress=not args.no_progress, stage_timeout_s=args.stage_timeout,
                   report_dir=args.report_dir)

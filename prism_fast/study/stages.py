@@ -67,15 +67,30 @@ class _StageBar:
 
 
 def run_logged(cmd: list[str], log: Path, *, timeout_s: float) -> None:
-    """Run one entry point with its output in `log`; a failure raises a one-line error naming the log."""
+    """Run one entry point with its output in `log`; a failure raises a one-line error naming the log.
+
+    If the study itself is stopped (Ctrl-C, or SIGTERM, which __main__ turns into SystemExit), the child gets
+    SIGTERM and up to 120 s to exit: the trainers save a checkpoint at their current step, which the rerun's
+    `--checkpoint.resume=auto` picks up; no orphan keeps running after the study."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
+            rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             raise UserError(f"{cmd[2]} ran longer than {timeout_s:.0f} s; see {log}") from None
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     if rc != 0:
         tail = log.read_text().strip().splitlines()[-1:] or [""]
         raise UserError(f"`{' '.join(cmd[1:4])} ...` failed (exit {rc}: {tail[0][:200]}); full output in {log}")
