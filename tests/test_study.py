@@ -65,6 +65,7 @@ def _run_ids(out: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)      # ~6 min on an idle 2-core CPU (3 studies: full, cached, one branch); slack for load
 def test_smoke_study_runs_caches_and_reruns_only_dependents(tmp_path):
     out = tmp_path / "study"
     ran = _study(out)
