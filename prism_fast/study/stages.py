@@ -61,6 +61,10 @@ class _StageBar:
             t.join()
             self.bar.update(max(0, round(start + est - self.bar.n)))
 
+    def skip(self, name: str, est: float):
+        self.bar.set_description_str(f"study: {name} (cached)")
+        self.bar.update(round(est))
+
     def close(self):
         self.bar.set_description_str("study: done")
         self.bar.close()
@@ -102,6 +106,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 class Study:
+    """One study directory in one mode: `run()` walks the stage graph (module docstring) through the cache and
+    writes the report. `records[stage]` = that stage's DONE record ({"key", "run_id", "seconds", "result"});
+    `ran[stage]` = whether this invocation ran it (False: cached)."""
+
     def __init__(self, out: Path, mode: str, *, progress: bool = True, stage_timeout_s: float | None = None,
                  report_dir: Path | None = None):
         if mode not in MODES:
@@ -129,8 +137,7 @@ class Study:
                 return sd.finish(fn(sd.path, resumed), time.perf_counter() - t0)
             rec = self._bar.run(name, est, work)
         else:
-            self._bar.run(f"{name} (cached)", 0, lambda: None)
-            self._bar.bar.update(round(est))
+            self._bar.skip(name, est)
         self.records[name] = rec
         return rec["result"]
 
