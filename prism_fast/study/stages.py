@@ -197,10 +197,14 @@ class Study:
 
     def _rl(self, d: Path, resumed: bool, start: str) -> dict:
         s = self.size["rl"]
+        # smoke: the 2-layer slice never answers correctly; a repetition penalty makes rewards differ within a
+        # group (non-zero advantages), so RL really updates the weights (as in tests/rl).
         extra = (["--reward.repetition_penalty=1", "--reward.repetition_ngram=1"] if s["repetition_penalty"] else [])
-        self._run(d, "rl", ["prism_fast.rl", "--recipe", "demo", f"--model.path={start}", f"--train.run_dir={d / 'run'}",
-                            f"--train.steps={s['steps']}", f"--rollout.prompts_per_step={s['prompts_per_step']}",
-                            f"--rollout.group_size={s['group_size']}", f"--rollout.max_new_tokens={s['max_new_tokens']}",
+        self._run(d, "rl", ["prism_fast.rl", "--recipe", "demo", f"--model.path={start}",
+                            f"--train.run_dir={d / 'run'}", f"--train.steps={s['steps']}",
+                            f"--rollout.prompts_per_step={s['prompts_per_step']}",
+                            f"--rollout.group_size={s['group_size']}",
+                            f"--rollout.max_new_tokens={s['max_new_tokens']}",
                             f"--optim.lr={s['lr']}", "--checkpoint.interval=0", "--checkpoint.keep_last=1",
                             "--checkpoint.export_final=true", "--checkpoint.export_dtype=fp32",
                             f"--checkpoint.resume={'auto' if resumed else 'none'}", "--metrics.progress_bar=false",
@@ -245,7 +249,8 @@ class Study:
         c = self.size["cka"]
         return self._analyze(d, "cka", ["--a", self.model("mt"), "--b", self.model("rl_mt"),
                                         "--num-inputs", str(c["num_inputs"]), "--resamples", str(c["resamples"]),
-                                        "--resample-size", str(c["resample_size"]), "--max-tokens", str(c["max_tokens"])])
+                                        "--resample-size", str(c["resample_size"]),
+                                        "--max-tokens", str(c["max_tokens"])])
 
     def _landscape(self, d: Path, resumed: bool) -> dict:
         s = self.size["landscape"]
