@@ -73,9 +73,10 @@ class ParallelDims:
                                  f"them")
             self.dp_shard = self.world_size // (self.dp_replicate * self.cp)
         if self.dp_shard < 1 or self.dp_replicate * self.dp_shard * self.cp != self.world_size:
+            cp = f" x parallel.cp ({self.cp})" if self.cp > 1 else ""
             raise ValueError(
-                f"parallel.dp_replicate ({self.dp_replicate}) x parallel.dp_shard ({self.dp_shard}) x parallel.cp "
-                f"({self.cp}) must equal the world size ({self.world_size}); launch with torchrun "
+                f"parallel.dp_replicate ({self.dp_replicate}) x parallel.dp_shard ({self.dp_shard}){cp} must equal "
+                f"the world size ({self.world_size}); launch with torchrun "
                 f"--nproc_per_node/--nnodes giving {self.dp_replicate * max(self.dp_shard, 1) * self.cp} processes "
                 f"or set --parallel.dp_shard=-1")
 
