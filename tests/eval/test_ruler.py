@@ -64,6 +64,7 @@ def test_string_match_scoring_and_registry():
     assert spec.default_decoding().temperature == 0.0 and spec.default_decoding().n == 1
 
 
+@pytest.mark.slow
 def test_cli_file_and_evaluator_on_smollm2(tmp_path):
     """A generated file read through --bench NAME=FILE; SmolLM2-135M-Instruct answers single-needle recall at 1k
     tokens (it does on these seeds; the score is whatever the model produces, checked against the references)."""
