@@ -82,10 +82,10 @@ class Engine:
 
     def update_weights(self) -> None:
         """Pick up the policy's new weights (call after every optimizer step). The engine reads the live model's
-        parameters (an FSDP2 model is re-gathered on every generate), so there is nothing to copy: this drops the
-        cache state built with the old weights and counts the version."""
+        parameters (an FSDP2 model is re-gathered on every generate) and no state outlives a call (each prefill
+        rewrites its cache rows; the cache buffers are only reused), so there is nothing to copy or rebuild: this
+        counts the version (`weights_version`), the hook a compiled or CUDA-graph step would need."""
         self.weights_version += 1
-        self._cache = None
 
     # ---- API ----
     @torch.no_grad()
