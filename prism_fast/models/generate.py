@@ -4,8 +4,9 @@ Layout: prompts of different lengths are prefilled one by one into their own row
 see models/cache.py), so no padding ever enters attention or Mamba state; then all rows decode together, one
 token per step, each at its own position. Rows that hit EOS keep decoding (their tokens are dropped) until every
 row is done: simpler than compacting the batch, and costs nothing when lengths are similar.
-Unusual: one host sync per step (EOS bookkeeping); an RL rollout engine wanting sync-free decoding should keep the
-done-mask on device and check it every k steps.
+Unusual: one host sync per step (EOS bookkeeping). This is the small reference path (demo, analysis); rollouts and
+evaluation use prism_fast.inference.Engine (continuous batching, packed prefill, exact sampling log-probs, sync-free
+decode steps). It does not delegate to the engine because models/ never imports inference/ (DESIGN section 1).
 """
 from __future__ import annotations
 
