@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 PYTEST_WORKERS ?= 2
 STAMP := $(VENV)/.prism-setup-stamp
 
-.PHONY: setup test test-fast demo generate-demo bench build clean
+.PHONY: setup test test-fast demo rl-demo study generate-demo bench build clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ test-fast: setup
 # The main job on its embedded default: SmolLM2-135M mid-trained on the bundled mixture (~5 min on 2 CPU cores).
 demo: setup
 	$(PY) -m prism_fast.midtrain
+
+# GRPO on SmolLM2-135M-Instruct with the bundled prompt sets (docs/rl.md).
+rl-demo: setup
+	$(PY) -m prism_fast.rl
+
+# The mini-PRISM study: base -> MT -> RL and base -> RL, evaluation, analyses, docs/study/REPORT.md.
+# STUDY_MODE=--quick (< 15 min target) or --smoke (plumbing check); the default is the full study.
+STUDY_MODE ?=
+study: setup
+	$(PY) -m prism_fast.study $(STUDY_MODE)
 
 # Text generation with the bundled SmolLM2 (models' demo).
 generate-demo: setup

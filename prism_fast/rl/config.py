@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prism_fast.distributed.parallelize import Config as ParallelConfig
+from prism_fast.ops.kernel_choice import KernelConfig
 from prism_fast.rl.losses import ADV_SCALES, AGGREGATIONS, KL_ESTIMATORS, VARIANTS
 from prism_fast.train import checkpoint as ckpt, lr_schedules, metrics, optim
 from prism_fast.train.config import ModelSection
@@ -176,6 +177,8 @@ class RLJobConfig:
     optim: optim.Config = field(default_factory=lambda: optim.Config(lr=1e-6, weight_decay=0.0))
     schedule: lr_schedules.Config = field(default_factory=lambda: lr_schedules.Config(name="constant"))
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    """Kernel backends (attention, loss, logprobs, ...), resolved once at model build like midtrain's."""
     checkpoint: ckpt.Config = field(default_factory=ckpt.Config)
     metrics: metrics.Config = field(default_factory=lambda: metrics.Config(log_every=1))
 

@@ -37,6 +37,7 @@ from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import save_json
 from prism_fast.train.host_allocator import keep_freed_host_memory
 from prism_fast.train.metrics import MetricsLogger, peak_memory_gib
+from prism_fast.ops.kernel_choice import replace_kernels
 from prism_fast.train.model_init import build_parallel_model
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,16 @@ class RLTrainer:
         self.run_dir = Path(tc.run_dir).expanduser()
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_json(cfg, self.run_dir / "config.json")
         torch.manual_seed(tc.seed + self.rank)
 
-        self.model, self.model_cfg, tok_path = build_parallel_model(cfg.model, cfg.parallel, dims, self.device)
+        self.model, self.model_cfg, tok_path = build_parallel_model(cfg.model, cfg.parallel, dims, self.device,
+                                                                    kernels=cfg.kernels)
+        if self.rank == 0:                           # the resolved kernel names (never "auto") go into the run
+            save_json(replace_kernels(cfg, self.model.kernels), self.run_dir / "config.json")
+            print(self.model.kernels.describe(), flush=True)
         self.ref = None
         if cfg.loss.kl_beta > 0:
-            ref_model, _, _ = build_parallel_model(cfg.model, cfg.parallel, dims, self.device)
+            ref_model, _, _ = build_parallel_model(cfg.model, cfg.parallel, dims, self.device, kernels=cfg.kernels)
             self.ref = RefPolicy(ref_model, self.model, tau=cfg.ref.tau, update_every=cfg.ref.update_every)
         from prism_fast.models import load_tokenizer, smollm2_hf_dir  # noqa: PLC0415
         self.tokenizer_path = tok_path or str(smollm2_hf_dir())   # tiny random models use the SmolLM2 vocabulary
@@ -286,7 +290,7 @@ class RLTrainer:
                                extra=self._extra())
 
     def export(self):
-        from prism_fast.export import export_checkpoint  # noqa: PLC0415
+        from prism_fast.train.hf_export import export_checkpoint  # noqa: PLC0415
         out = self.run_dir / "export"
         if self.rank == 0:
             export_checkpoint(self.checkpointer.dir / f"step-{self.step}", out, dtype=self.cfg.checkpoint.export_dtype,
