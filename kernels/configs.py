@@ -68,6 +68,18 @@ SSD = {
     "sm80": [(HEAD_DIM_MAX, _C(num_warps=4, num_stages=2))],
 }
 
+# Fused-loss row kernels (fused_linear_cross_entropy.py, fused_linear_logprobs.py): memory-bound streaming passes
+# over one row of a [C, V] logits chunk; BLOCK is the V tile per loop step (capped at next_pow2(V) by the
+# launcher). One row per target keyed by "any vocab". Hopper gets a 2x wider tile (8192 bf16 = 16 KiB per step,
+# 16 elements per thread at 16 warps) so each loop step keeps more bytes in flight against its higher bandwidth;
+# NOT measured on a GPU yet (bench_fused_loss.py, run by gpu_check.sh, is where to confirm or change it).
+VOCAB_ANY = 1 << 31
+LOSS_ROWS = {
+    "interp": [(VOCAB_ANY, _C(BLOCK=4096, num_warps=4, num_stages=1))],
+    "sm90": [(VOCAB_ANY, _C(BLOCK=8192, num_warps=16, num_stages=1))],
+    "sm80": [(VOCAB_ANY, _C(BLOCK=4096, num_warps=16, num_stages=1))],
+}
+
 # Alternatives bench_attention.py --sweep measures on a GPU next to the table's pick (head dim <= 128).
 ATTN_FWD_SWEEP = [_C(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
                   for bm, bn, w, s in ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),

@@ -22,9 +22,15 @@ import torch
 import triton
 import triton.language as tl
 
-# V tile per loop step. 4096 bf16 = 8 KiB per row per step; 16 warps keep 8 elements in flight per thread.
-BLOCK_V = 4096
-NUM_WARPS = 16
+from .configs import LOSS_ROWS, pick
+
+
+def row_launch_config(device: torch.device, v: int) -> dict:
+    """V tile (BLOCK, capped at next_pow2(V)), num_warps and num_stages of the row kernels for this device
+    (kernels/configs.py LOSS_ROWS; shared with fused_linear_logprobs.py)."""
+    cfg = pick(LOSS_ROWS, device, v)
+    cfg["BLOCK"] = min(cfg["BLOCK"], triton.next_power_of_2(v))
+    return cfg
 
 
 @triton.jit
@@ -93,9 +99,8 @@ def flce_chunk(logits: torch.Tensor, labels: torch.Tensor, grad: torch.Tensor | 
     has_grad = grad is not None
     g = grad if has_grad else loss            # dummy pointer when HAS_GRAD is False
     g_stride = 0 if (not has_grad or grad.numel() == 1) else grad.stride(0)
-    block = min(BLOCK_V, triton.next_power_of_2(v))
     # Grid on axis 0 (limit 2^31 - 1); the caller bounds C by its chunk size anyway.
     _flce_chunk_kernel[(c,)](logits, logits.stride(0), labels, loss, lse, g, g_stride, v, ignore_index,
-                             float(logit_scale), float(z_loss), HAS_GRAD=has_grad, BLOCK=block,
-                             num_warps=NUM_WARPS)
+                             float(logit_scale), float(z_loss), HAS_GRAD=has_grad,
+                             **row_launch_config(logits.device, v))
     return loss, lse

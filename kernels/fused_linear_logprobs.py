@@ -21,8 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_V = 4096
-NUM_WARPS = 16
+from .fused_linear_cross_entropy import row_launch_config
 
 
 @triton.jit
@@ -93,10 +92,6 @@ def _fllp_bwd_kernel(
         tl.store(row_ptr + idx, (d * inv_t).to(Logits_ptr.dtype.element_ty), mask=mask)
 
 
-def _block(v: int) -> int:
-    return min(BLOCK_V, triton.next_power_of_2(v))
-
-
 def fllp_fwd_chunk(logits: torch.Tensor, tokens: torch.Tensor, *, inv_temperature: float,
                    return_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """logits [C, V] (unit stride on V), tokens [C] int64 -> (logp [C], entropy [C] or None, lse [C]), fp32."""
@@ -108,7 +103,7 @@ def fllp_fwd_chunk(logits: torch.Tensor, tokens: torch.Tensor, *, inv_temperatur
     if c:
         _fllp_fwd_kernel[(c,)](logits, logits.stride(0), tokens, logp, ent if return_entropy else logp, lse, v,
                                float(inv_temperature), math.log(v), RETURN_ENTROPY=return_entropy,
-                               BLOCK=_block(v), num_warps=NUM_WARPS)
+                               **row_launch_config(logits.device, v))
     return logp, ent, lse
 
 
@@ -124,5 +119,5 @@ def fllp_bwd_chunk(logits: torch.Tensor, tokens: torch.Tensor, lse: torch.Tensor
     if c:
         _fllp_bwd_kernel[(c,)](logits, logits.stride(0), tokens, lse, ent if has_ent else lse, g_logp,
                                g_ent if has_ent else g_logp, v, float(inv_temperature), HAS_ENT_GRAD=has_ent,
-                               BLOCK=_block(v), num_warps=NUM_WARPS)
+                               **row_launch_config(logits.device, v))
     return logits
