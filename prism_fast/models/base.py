@@ -36,6 +36,13 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, B: int, T: int) -> None:
         raise ValueError(f"cu_seqlens must increase from 0 to T={T}, got {c[:4]}...{c[-2:]}")
 
 
+def _rows(x_N: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """[B * T] per-token values -> [B, T] as a tensor of its own, not a view: FSDP2's root module warns on (and an
+    in-place op by the caller would silently drop the pre-backward hook of) a returned view. Costs one [B, T] copy,
+    nothing next to the LM head that produced it."""
+    return x_N.reshape(B, T).clone()
+
+
 class CausalLM(nn.Module):
     """Decoder-only LM. See the module docstring and models/README (docs/models.md) for the forward contract."""
 
@@ -230,8 +237,8 @@ class CausalLM(nn.Module):
                                              return_per_token=return_per_token, backend=self.kernels.loss)
             if return_per_token:
                 loss, per_tok = out
-                return (loss.view(B, T) if loss_reduction == "none" else loss), per_tok.view(B, T)
-            return out.view(B, T) if loss_reduction == "none" else out
+                return (_rows(loss, B, T) if loss_reduction == "none" else loss), _rows(per_tok, B, T)
+            return _rows(out, B, T) if loss_reduction == "none" else out
         if logprobs_of is not None:
             if logprobs_of.shape != (B, T):
                 raise ValueError(f"logprobs_of shape {tuple(logprobs_of.shape)} must equal input_ids shape {(B, T)}")
@@ -239,8 +246,8 @@ class CausalLM(nn.Module):
                                         temperature=temperature * self.config.logits_scaling,
                                         return_entropy=return_entropy, backend=self.kernels.logprobs)
             if return_entropy:
-                return out[0].view(B, T), out[1].view(B, T)
-            return out.view(B, T)
+                return _rows(out[0], B, T), _rows(out[1], B, T)
+            return _rows(out, B, T)
         return self.logits(h)
 
     def logits(self, h_BTD: torch.Tensor) -> torch.Tensor:
