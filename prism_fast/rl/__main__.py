@@ -36,21 +36,9 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from prism_fast.distributed import destroy_distributed
+    from prism_fast.entry import run_trainer
     from prism_fast.rl.trainer import RLTrainer
-    trainer = None
-    try:
-        trainer = RLTrainer(cfg)
-        status = trainer.train()
-        trainer.metrics.close()
-        if trainer.rank == 0:
-            print(trainer.summary(), flush=True)
-        return 0 if status == "done" else 1
-    finally:
-        if trainer is not None:
-            trainer.close()
-        else:
-            destroy_distributed()
+    return run_trainer(lambda: RLTrainer(cfg), ok_statuses=("done",))
 
 
 if __name__ == "__main__":

@@ -314,9 +314,13 @@ class RLTrainer:
             lines.append(f"HF export: {self.export_dir}")
         return "\n".join(lines)
 
-    def close(self):
+    def close(self, barrier: bool = True):
+        """barrier=False after a failure: a peer may be dead or stuck in another collective, so do not wait."""
         if hasattr(self, "metrics"):
             self.metrics.close()
         if hasattr(self, "rewarder"):
             self.rewarder.close()
-        destroy_distributed()
+        if barrier:
+            destroy_distributed()
+        elif dist.is_initialized():
+            dist.destroy_process_group()
