@@ -9,7 +9,8 @@
     `error: rank R: ...` from each surviving rank (rank 0 may be the dead one), exit 1.
 `--debug` anywhere in argv keeps the full traceback instead. Anything else (a real bug) propagates unchanged.
 `run_trainer(make_trainer)` is the shared build -> train -> summary -> close body of trainer entry points
-(midtrain, RL): after a failure it closes the process group without the final barrier.
+(midtrain, RL): after a failure it closes the process group without the final barrier; `recipe_main` adds the
+shared `--recipe` / `--list-recipes` / `--print-config` / override parsing in front of it.
 
 Under plain `torchrun` the launcher adds its own ChildFailedError summary after the line when children exit
 non-zero; `python -m prism_fast.launch` (same arguments as torchrun) replaces that with one line and passes
@@ -93,6 +94,35 @@ def run_trainer(make_trainer: Callable[[], Any], ok_statuses: Sequence[str] = ("
             trainer.close(barrier=ok)
         elif _dist_initialized():
             sys.modules["torch.distributed"].destroy_process_group()
+
+
+def recipe_main(argv: Sequence[str] | None, *, prog: str, description: str, epilog: str, recipes: Sequence[str],
+                get_recipe: Callable[[str], Callable[[], Any]], make_trainer: Callable[[Any], Any],
+                ok_statuses: Sequence[str] = ("done", "preempted")) -> int:
+    """The body of a recipe-driven trainer entry point (midtrain, RL): `--recipe NAME` (default "demo"),
+    `--list-recipes`, `--print-config`, flat `--section.field=value` overrides, rank-aware logging, then
+    run_trainer(make_trainer(cfg))."""
+    import argparse
+    import json
+    import logging
+
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    p.add_argument("--recipe", default="demo", help="recipe name (--list-recipes shows them)")
+    p.add_argument("--list-recipes", action="store_true")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    args, overrides = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.list_recipes:
+        print("\n".join(recipes))
+        return 0
+    from prism_fast.train.config import apply_overrides, to_dict  # noqa: PLC0415 (keeps `--help` fast)
+    cfg = apply_overrides(get_recipe(args.recipe)(), overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    rank = _rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return run_trainer(lambda: make_trainer(cfg), ok_statuses)
 
 
 # ------------------------------------------------------------------------------------------ collective agreement

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from prism_fast.distributed import destroy_distributed, init_distributed
+from prism_fast.distributed import destroy_distributed
 from prism_fast.rl import logprobs as lp_mod
 from prism_fast.rl.config import RLJobConfig
 from prism_fast.rl.losses import group_advantages, per_token_policy_loss, stats_means, token_weights, zero_std_groups
@@ -35,7 +35,7 @@ from prism_fast.rl.ref_policy import RefPolicy
 from prism_fast.rl.rollout import generate
 from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import save_json
-from prism_fast.train.host_allocator import keep_freed_host_memory
+from prism_fast.train.process import start_process
 from prism_fast.train.metrics import MetricsLogger, peak_memory_gib
 from prism_fast.ops.kernel_choice import replace_kernels
 from prism_fast.train.model_init import build_parallel_model
@@ -49,15 +49,9 @@ class RLTrainer:
     def __init__(self, cfg: RLJobConfig):
         self.cfg = cfg
         tc = cfg.train
-        dev_type = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
-        if dev_type == "cpu" and tc.keep_host_memory:
-            keep_freed_host_memory()
         cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
-        self.rank, self.world_size, local_rank = init_distributed(dev_type)
-        self.device = torch.device(dev_type, local_rank) if dev_type == "cuda" else torch.device("cpu")
-        self.cpu_group = dist.new_group(backend="gloo") if dev_type == "cuda" else dist.group.WORLD
+        rt = start_process(tc)
+        self.rank, self.world_size, self.device, self.cpu_group = rt.rank, rt.world_size, rt.device, rt.cpu_group
         dims = cfg.parallel.build(self.world_size)
         self.run_dir = Path(tc.run_dir).expanduser()
         if self.rank == 0:

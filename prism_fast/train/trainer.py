@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from prism_fast.distributed import destroy_distributed, init_distributed
+from prism_fast.distributed import destroy_distributed
 from prism_fast.distributed.context_parallel import ContextParallel
 from prism_fast.distributed.fp8 import fp8_autocast_ctx, fp8_flop_share, mixed_peak_flops
 from prism_fast.ops.kernel_choice import replace_kernels
@@ -35,9 +35,9 @@ from prism_fast.train.checkpoint import Checkpointer
 from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
 from prism_fast.train.hf_export import export_checkpoint
-from prism_fast.train.host_allocator import keep_freed_host_memory
 from prism_fast.train.model_init import build_parallel_model
 from prism_fast.train.optim import set_trainable
+from prism_fast.train.process import start_process
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -57,17 +57,10 @@ class Trainer:
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
         tc = cfg.train
-        dev_type = "cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available()) else "cpu"
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
-        if dev_type == "cpu" and tc.keep_host_memory:
-            keep_freed_host_memory()
         # Launch-time validation first (files, mesh, batch), before any process group or model exists.
         self.grad_accum = cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
-        self.rank, self.world_size, local_rank = init_distributed(dev_type, timeout_s=tc.dist_timeout_s)
-        self.device = torch.device(dev_type, local_rank) if dev_type == "cuda" else torch.device("cpu")
-        # Control-plane group on CPU: preemption consensus and checkpoint barriers never sync the GPU stream.
-        self.cpu_group = dist.new_group(backend="gloo") if dev_type == "cuda" else dist.group.WORLD
+        rt = start_process(tc, timeout_s=tc.dist_timeout_s)
+        self.rank, self.world_size, self.device, self.cpu_group = rt.rank, rt.world_size, rt.device, rt.cpu_group
         self.dims = cfg.parallel.build(self.world_size)
         self.run_dir = Path(tc.run_dir).expanduser()
         if self.rank == 0:
