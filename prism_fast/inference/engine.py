@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from prism_fast.inference.params import Completion, RequestOutput, SamplingParams
-from prism_fast.inference.prefill import prefill_packed, prefill_rows
+from prism_fast.inference.prefill import kv_only, prefill_packed, prefill_rows, shared_prefix_len
 from prism_fast.inference.sampler import stream_key
 from prism_fast.inference.slots import SlotBatch
 from prism_fast.inference.weights import full_weights, model_device, separate_projections
@@ -58,10 +58,13 @@ class Engine:
     tokens; None = no cap). tokenizer: enables string prompts, `text` and stop strings. sync_every: decode steps
     between host looks at the done flags (default 1 on CPU, where a look is free, 8 on CUDA). packed_prefill:
     False prefills prompt by prompt (the reference path). max_prefill_tokens: tokens per packed prefill forward.
+    prefix_sharing: prompts of one packed prefill that start with the same >= 8 tokens (a chat template's system
+    prompt) compute them once (attention-only models; prefill.py). Counted in stats["prefix_shared_tokens"].
     """
 
     def __init__(self, model, *, max_batch: int = 64, max_tokens_in_flight: int | None = None, tokenizer=None,
-                 sync_every: int | None = None, packed_prefill: bool = True, max_prefill_tokens: int = 8192):
+                 sync_every: int | None = None, packed_prefill: bool = True, max_prefill_tokens: int = 8192,
+                 prefix_sharing: bool = True):
         if max_batch < 1:
             raise ValueError(f"Engine: max_batch must be >= 1, got {max_batch}")
         self.model = model
@@ -72,13 +75,14 @@ class Engine:
         self.sync_every = sync_every or (8 if self.device.type == "cuda" else 1)
         self.packed_prefill = packed_prefill
         self.max_prefill_tokens = max_prefill_tokens
+        self.prefix_sharing = prefix_sharing and packed_prefill
         self.weights_version = 0
         self._cache = None                    # ModelCache kept across calls while large enough
         self._batch: SlotBatch | None = None  # device state of the current call
         self._free: list[int] = []            # free slots, ascending
         self.stats = {"prefill_tokens": 0, "decode_tokens": 0, "prefill_s": 0.0, "decode_s": 0.0,
                       "prefill_forwards": 0, "decode_steps": 0, "decode_rows": 0, "requests": 0, "completions": 0,
-                      "host_syncs": 0, "slot_moves": 0}
+                      "host_syncs": 0, "slot_moves": 0, "prefix_shared_tokens": 0}
 
     def update_weights(self) -> None:
         """Pick up the policy's new weights (call after every optimizer step). The engine reads the live model's
@@ -220,8 +224,12 @@ class Engine:
         for pack in self._packs([run.prompts[i] for i, _ in groups]):
             prompts = [run.prompts[groups[j][0]] for j in pack]
             heads = [groups[j][1][0].slot for j in pack]
-            prefill = prefill_packed if self.packed_prefill else prefill_rows
-            logits.append(prefill(self.model, batch.cache, prompts, heads))
+            if not self.packed_prefill:
+                logits.append(prefill_rows(self.model, batch.cache, prompts, heads))
+            else:
+                prefix = shared_prefix_len(prompts) if self.prefix_sharing and kv_only(batch.cache) else 0
+                logits.append(prefill_packed(self.model, batch.cache, prompts, heads, prefix=prefix))
+                self.stats["prefix_shared_tokens"] += prefix * (len(prompts) - 1)
             self.stats["prefill_tokens"] += sum(len(p) for p in prompts)
             self.stats["prefill_forwards"] += 1 if self.packed_prefill else len(prompts)
         logits = torch.cat(logits)

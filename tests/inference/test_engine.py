@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prism_fast.inference import Engine, SamplingParams
-from prism_fast.inference.prefill import prefill_packed, prefill_rows
+from prism_fast.inference.prefill import prefill_packed, prefill_rows, shared_prefix_len
 from tests.inference.conftest import reference_greedy, tiny_model
 
 # uneven prompts (1 token .. longer than mistral's window 7 and the Mamba chunk) and uneven answers
@@ -52,6 +52,58 @@ def test_packed_prefill_writes_the_same_cache_as_per_prompt_prefill(family):
                     torch.testing.assert_close(ta[s, :len(p)], tb[s, :len(p)], atol=2e-5, rtol=1e-5)
             else:
                 torch.testing.assert_close(ta, tb, atol=2e-5, rtol=1e-5, msg=name)
+
+
+# a 10-token "system prompt" (longer than mistral's window 7) shared by prompts of uneven tails
+SYSTEM = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+SHARED = [SYSTEM + [5, 6, 7], SYSTEM + [9] * 19, SYSTEM + [1], SYSTEM + [40, 41]]
+
+
+def test_shared_prefix_len():
+    assert shared_prefix_len(SHARED) == 10
+    assert shared_prefix_len([SYSTEM + [1], SYSTEM + [2]], min_len=11) == 0          # too short to be worth it
+    assert shared_prefix_len([SYSTEM, SYSTEM + [3]]) == 9                            # each prompt keeps a token
+    assert shared_prefix_len([SYSTEM + [1]]) == 0 and shared_prefix_len([SYSTEM, [11] + SYSTEM]) == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "granite"])
+def test_shared_prefix_prefill_writes_the_same_cache_as_per_prompt_prefill(family):
+    """The prefix computed once (then copied) + suffixes attending to it == every prompt prefilled alone."""
+    model = tiny_model(family)
+    slots = [2, 0, 3, 1]
+    caches = [model.new_cache(4, 64), model.new_cache(4, 64)]
+    for c in caches:
+        for layer in filter(None, c.layers):
+            for t in vars(layer).values():
+                t.normal_()
+    with torch.no_grad():
+        a = prefill_packed(model, caches[0], SHARED, slots, prefix=10)
+        b = prefill_rows(model, caches[1], SHARED, slots)
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    assert caches[0].seqlens.tolist() == caches[1].seqlens.tolist()
+    for la, lb in zip(filter(None, caches[0].layers), filter(None, caches[1].layers)):
+        for s, p in zip(slots, SHARED):
+            torch.testing.assert_close(la.k[s, :len(p)], lb.k[s, :len(p)], atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(la.v[s, :len(p)], lb.v[s, :len(p)], atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="same 11 tokens"):
+        prefill_packed(model, caches[0], SHARED, slots, prefix=11)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "nemotron_h"])
+def test_engine_shares_the_prefix_and_generates_the_same(family):
+    """Greedy continuations with prefix sharing == the full-recompute reference; hybrids do not share (their Mamba
+    state cannot branch mid-prompt) and still generate the same."""
+    model = tiny_model(family)
+    engine = Engine(model, max_batch=8)
+    outs = engine.generate(SHARED, SamplingParams(temperature=0.0, max_new_tokens=5, ignore_eos=True))
+    for p, out in zip(SHARED, outs):
+        ref, ref_lp = reference_greedy(model, p, 5)
+        assert out.outputs[0].token_ids == ref, family
+        assert max(abs(a - b) for a, b in zip(out.outputs[0].logprobs, ref_lp)) <= 1e-5
+    assert engine.stats["prefix_shared_tokens"] == (0 if family == "nemotron_h" else 10 * 3)
+    off = Engine(model, max_batch=8, prefix_sharing=False)
+    off.generate(SHARED, SamplingParams(temperature=0.0, max_new_tokens=5, ignore_eos=True))
+    assert off.stats["prefix_shared_tokens"] == 0
 
 
 @pytest.mark.parametrize("family", ["llama", "granite", "nemotron_h"])
