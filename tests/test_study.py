@@ -1,6 +1,7 @@
-"""The mini-PRISM study: the stage cache protocol (fast), and one real `--smoke` study (slow): every stage runs
-and the report places each claim beside a measured number; a rerun is a no-op; deleting one stage's output re-runs
-exactly that stage and the stages that read it."""
+"""The mini-PRISM study: the stage cache protocol (fast); one real `--smoke` study (slow): every stage runs and the
+report places each claim beside a measured number, a rerun is a no-op, deleting one stage's output re-runs exactly
+that stage and the stages that read it; and one real `--quick` study (slow, ~7 min on an idle 2-core CPU), the mode
+the issue asks CI to run, on the real SmolLM2-135M-Instruct."""
 from __future__ import annotations
 
 import json
@@ -52,8 +53,8 @@ def test_run_logged_failure_and_timeout_are_one_line_errors(tmp_path):
         run_logged([sys.executable, "-c", "import time; time.sleep(60)"], log, timeout_s=1)
 
 
-def _study(out: Path) -> list[str]:
-    p = subprocess.run([sys.executable, "-m", "prism_fast.study", "--smoke", "--out", str(out), "--no-progress"],
+def _study(out: Path, mode: str = "--smoke") -> list[str]:
+    p = subprocess.run([sys.executable, "-m", "prism_fast.study", mode, "--out", str(out), "--no-progress"],
                        cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     line = [x for x in p.stdout.splitlines() if x.startswith("stages run:")][-1]
@@ -90,3 +91,19 @@ def test_smoke_study_runs_caches_and_reruns_only_dependents(tmp_path):
     after = _run_ids(out)
     assert all(after[s] == ids[s] for s in ("base", "mt", "rl_mt", "eval_base", "eval_mt", "eval_rl_mt", "cka",
                                             "landscape"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)      # ~7 min on an idle 2-core CPU; slack for a loaded CI machine
+def test_quick_study_on_smollm2_reports_every_claim(tmp_path):
+    out = tmp_path / "quick"
+    assert _study(out, "--quick") == ["base", "mt", "rl_base", "rl_mt", "eval_base", "eval_mt", "eval_rl_base",
+                                      "eval_rl_mt", "weights", "direction", "cka", "landscape"]
+    report = (out / "report" / "REPORT.md").read_text()
+    assert "# Mini-PRISM study: mode `quick`" in report and "SmolLM2-135M-Instruct" in report
+    claims = report.split("## Claims of the paper next to the measurement")[1].split("\n## ")[0]
+    rows = [r for r in claims.splitlines() if r.startswith("| ") and not r.startswith("| claim")]
+    assert len(rows) >= 8 and all(("reproduced**" in r) or ("inconclusive" in r) or r.endswith("n/a |")
+                                  for r in rows), claims
+    w = json.loads((out / "stages/weights/DONE").read_text())["result"]["pairs"]
+    assert 0 < w["mt->rl_mt"]["group"]["all"]["rel_change"] < w["base->mt"]["group"]["all"]["rel_change"]
