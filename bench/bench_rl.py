@@ -2,10 +2,19 @@
 
     python bench/bench_rl.py            # 8 prompts x 8 samples, 256 new tokens, 2 steps each (the issue's setting)
     python bench/bench_rl.py --quick    # 4 prompts x 4 samples, 48 new tokens, 1 step each (minutes)
+    python bench/bench_rl.py --quick --precision bf16   # both sides compute in bf16 (fp32 master weights)
 
 Same model (SmolLM2-135M-Instruct, the HF directory of smollm2_hf_dir()), same prompts (the bundled math set, chat
 template), same group size, max new tokens, sampling (T = 1, top-p 1), lr, beta (KL to a reference; 0 = none),
-eps 0.2, fp32 on CPU, one optimizer update per rollout batch, the same reward function (prism_fast.rewards.score).
+eps 0.2, one optimizer update per rollout batch, the same reward function (prism_fast.rewards.score).
+Precision (--precision, like for like; fp32 master weights and Adam state on both sides):
+  fp32  ours --parallel.param_dtype=fp32; TRL bf16=False.
+  bf16  ours --parallel.param_dtype=bf16 --parallel.reduce_dtype=fp32 (FSDP2 mixed precision: bf16 gathered weights
+        for the update AND for generation); TRL bf16=True (its default: CPU autocast in the update; its generate
+        runs outside autocast, on the fp32 weights).
+TRL's gradient_checkpointing stays at its default (True in trl 1.x: recomputes each layer in backward, less memory,
+more time); ours keeps every activation. Both are recorded in the config row. Each provider reports the dtype its
+blocks actually computed in (a forward hook on one layer, with and without grad) and its parameter dtype.
 Zero-std groups are NOT dropped on our side here (TRL trains on them), so both do the same work.
   ours  RLTrainer.train_step (rollout engine with continuous batching on the KV cache, packed fused log-probs,
         global-count normalization, fused AdamW).
@@ -51,8 +60,10 @@ def run_ours(args) -> dict:
         f"--rollout.group_size={args.group}", f"--rollout.max_new_tokens={args.new_tokens}",
         f"--rollout.max_batch={args.prompts * args.group}", f"--optim.lr={args.lr}", f"--loss.kl_beta={args.beta}",
         "--loss.eps_high=0.2", "--loss.filter_zero_std=false", f"--train.steps={args.steps + 1}",
-        "--checkpoint.interval=0", "--checkpoint.save_final=false", "--metrics.progress_bar=false"])
+        "--checkpoint.interval=0", "--checkpoint.save_final=false", "--metrics.progress_bar=false",
+        f"--parallel.param_dtype={args.precision}", "--parallel.reduce_dtype=fp32"])
     tr = RLTrainer(cfg)
+    seen = _dtype_probe(tr.model.blocks[0])
     tr.train_step()                       # warmup step (first-call allocations); not timed
     tr.step += 1
     _reset_peak_rss()
@@ -66,7 +77,22 @@ def run_ours(args) -> dict:
     step_s = statistics.median(r["step_time_s"] for r in recs)
     toks = statistics.median(r["generated_tokens"] + r["trained_tokens"] for r in recs)
     return {"step_s": step_s, "tokens": toks, "peak_gib": peak, "phases": phases,
-            "reward": statistics.mean(r["reward"] for r in recs)}
+            "reward": statistics.mean(r["reward"] for r in recs), "compute_dtypes": sorted(seen),
+            "param_dtype": str(next(tr.model.parameters()).dtype), "gradient_checkpointing": False,
+            "logprob_diff_max": max((r["logprob_diff_max"] or 0.0) for r in recs)}
+
+
+def _dtype_probe(module) -> set:
+    """Forward hook on one layer: the set of 'grad:<dtype>' / 'no_grad:<dtype>' of its outputs (the compute dtype
+    each phase really ran in: generation is no-grad, the update has grad)."""
+    import torch
+    seen: set = set()
+
+    def hook(_m, _inp, out):
+        out = out[0] if isinstance(out, tuple) else out
+        seen.add(f"{'grad' if torch.is_grad_enabled() else 'no_grad'}:{str(out.dtype).removeprefix('torch.')}")
+    module.register_forward_hook(hook)
+    return seen
 
 
 def run_trl(args) -> dict:
@@ -95,9 +121,11 @@ def run_trl(args) -> dict:
                      per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1,
                      steps_per_generation=1, max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0,
                      learning_rate=args.lr, beta=args.beta, epsilon=0.2, loss_type="bnpo", max_steps=args.steps + 1,
-                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                     bf16=args.precision == "bf16", seed=0,
                      lr_scheduler_type="constant", dataloader_num_workers=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=str(smollm2_hf_dir()), reward_funcs=[reward], args=cfg, train_dataset=ds)
+    seen = _dtype_probe(trainer.model.model.layers[0].mlp.down_proj)   # a Linear: autocast shows in its output
     times = {"generate": [], "reward": [], "step": []}
 
     def timed(name, fn):
@@ -131,7 +159,9 @@ def run_trl(args) -> dict:
     step_s = statistics.median(steps)
     g, r = statistics.median(gens), statistics.median(rews)
     return {"step_s": step_s, "tokens": statistics.median(times["tokens"][1:]), "peak_gib": peak,
-            "phases": {"generate": g, "reward": r, "logprobs+update": step_s - g - r}}
+            "phases": {"generate": g, "reward": r, "logprobs+update": step_s - g - r}, "compute_dtypes": sorted(seen),
+            "param_dtype": str(next(trainer.model.parameters()).dtype),
+            "gradient_checkpointing": bool(cfg.gradient_checkpointing)}
 
 
 def worker(args) -> int:
@@ -150,6 +180,8 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="compute dtype of both providers (fp32 master weights either way)")
     p.add_argument("--providers", default="ours,trl")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -166,7 +198,7 @@ def main() -> int:
     for prov in args.providers.split(","):
         cmd = [sys.executable, __file__, "--worker", prov, "--prompts", str(args.prompts), "--group", str(args.group),
                "--new-tokens", str(args.new_tokens), "--steps", str(args.steps), "--lr", str(args.lr), "--beta",
-               str(args.beta), "--threads", str(args.threads)]
+               str(args.beta), "--threads", str(args.threads), "--precision", args.precision]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -177,16 +209,21 @@ def main() -> int:
         results[prov] = json.loads(lines[-1][7:])
     load = os.getloadavg()
     config = {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens, "steps": args.steps,
-              "lr": args.lr, "beta": args.beta, "threads": args.threads, "load_avg_1m": round(load[0], 2)}
-    mode = "quick" if q else "full"
+              "lr": args.lr, "beta": args.beta, "threads": args.threads, "precision": args.precision,
+              "trl_gradient_checkpointing": results.get("trl", {}).get("gradient_checkpointing"),
+              "load_avg_1m": round(load[0], 2)}
+    mode = ("quick" if q else "full") + ("" if args.precision == "fp32" else f"_{args.precision}")
     rows = []
-    print(f"RL step, {args.prompts} prompts x {args.group} samples, {args.new_tokens} new tokens; "
+    print(f"RL step, {args.prompts} prompts x {args.group} samples, {args.new_tokens} new tokens, {args.precision}; "
           f"{utils.device_name('cpu')}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     for prov, r in results.items():
         tok_s = r["tokens"] / r["step_s"]
         shares = ", ".join(f"{k} {100 * v / r['step_s']:.0f}%" for k, v in r["phases"].items())
         print(f"  {prov:>5}: step {r['step_s']:.1f} s, {tok_s:.1f} tokens/s, peak RSS {r['peak_gib']:.2f} GiB; "
               f"{shares}")
+        print(f"         params {r['param_dtype']}, layer outputs {', '.join(r['compute_dtypes'])}, gradient "
+              f"checkpointing {r['gradient_checkpointing']}" + (f", max |generator - trainer logp| "
+              f"{r['logprob_diff_max']:.3g}" if "logprob_diff_max" in r else ""))
         for metric, unit, val in (("step_time", "s", r["step_s"]), ("tokens_per_s", "tok/s", tok_s),
                                   ("peak_rss", "GiB", r["peak_gib"])):
             rows.append(utils.row("rl_step", prov, mode, metric, unit, args.new_tokens, val, config=config,

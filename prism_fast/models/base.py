@@ -220,12 +220,17 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids, *, position_ids=None, cu_seqlens=None, labels=None, cache=None,
                 loss_reduction="mean", ignore_index=-100, return_per_token=False, logprobs_of=None,
-                temperature=1.0, return_entropy=False, cp=None):
+                temperature=1.0, return_entropy=False, positions=None, cp=None):
         """input_ids [B, T] -> logits [B, T, V] (model dtype, logits_scaling applied), or with labels [B, T]
         (already shifted: labels[t] is the target of position t) the loss (and per-token losses [B, T]), or with
         logprobs_of [B, T] the fp32 log-probs [B, T] at `temperature` (and entropy [B, T]).
+        positions (int64 [N], indices into the flattened B * T rows; log-probs only): run the LM head on those rows
+        alone and return [N] tensors. RL needs the response tokens only, and the head is ~20% of a small model's
+        per-token FLOPs, so skipping prompt positions saves that share of them (forward and backward).
         cp: context parallelism (distributed.context_parallel): the inputs are this rank's shard of one packed row
         and the loss / log-probs cover this rank's tokens only (the caller reduces over the cp group)."""
+        if positions is not None and logprobs_of is None:
+            raise ValueError("positions selects rows of the log-prob path: pass logprobs_of too (or no positions)")
         h = self.forward_hidden(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, cache=cache, cp=cp)
         B, T, D = h.shape
         w = self.lm_head.weight
@@ -242,9 +247,16 @@ class CausalLM(nn.Module):
         if logprobs_of is not None:
             if logprobs_of.shape != (B, T):
                 raise ValueError(f"logprobs_of shape {tuple(logprobs_of.shape)} must equal input_ids shape {(B, T)}")
-            out = fused_linear_logprobs(h.reshape(B * T, D), w, logprobs_of.reshape(B * T),
-                                        temperature=temperature * self.config.logits_scaling,
+            h_N, tok_N = h.reshape(B * T, D), logprobs_of.reshape(B * T)
+            if positions is not None:
+                if positions.dim() != 1 or positions.dtype != torch.int64:
+                    raise ValueError(f"positions must be an int64 tensor [N] of row indices into B * T = {B * T}, "
+                                     f"got {positions.dtype} {tuple(positions.shape)}")
+                h_N, tok_N = h_N.index_select(0, positions), tok_N.index_select(0, positions)
+            out = fused_linear_logprobs(h_N, w, tok_N, temperature=temperature * self.config.logits_scaling,
                                         return_entropy=return_entropy, backend=self.kernels.logprobs)
+            if positions is not None:                   # [N]: own tensors, not views (see _rows)
+                return (out[0].clone(), out[1].clone()) if return_entropy else out.clone()
             if return_entropy:
                 return _rows(out[0], B, T), _rows(out[1], B, T)
             return _rows(out, B, T)

@@ -73,11 +73,10 @@ def _make_micro(prompts, responses, offsets) -> MicroBatch:
 def micro_logprobs(model, mb: MicroBatch, *, temperature: float, entropy: bool, device):
     """(logp [R_mb] fp32, entropy [R_mb] fp32 or None) of this micro-batch's response tokens (grad if enabled)."""
     # cu_seqlens stays on the host: the model validates it there without a device sync
+    # positions: the LM head runs on the response positions only (prompt positions' log-probs are never used)
     out = model(mb.input_ids.to(device), cu_seqlens=mb.cu_seqlens, logprobs_of=mb.targets.to(device),
-                temperature=temperature, return_entropy=entropy)
-    lp, ent = (out if entropy else (out, None))
-    pos = mb.resp_pos.to(device)
-    return lp[0, pos], (ent[0, pos] if entropy else None)
+                temperature=temperature, return_entropy=entropy, positions=mb.resp_pos.to(device))
+    return out if entropy else (out, None)
 
 
 @torch.no_grad()

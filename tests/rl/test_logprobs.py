@@ -51,6 +51,36 @@ def test_packed_logprobs_equal_unpacked_reference(max_tokens):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "nemotron_h"])
+def test_response_positions_equal_full_path(family):
+    """CausalLM.forward(positions=...) (the LM head on the response rows only, what micro_logprobs uses) gives the
+    same log-probs, entropies and gradients (hidden path and LM head weight) as the full [B, T] path indexed
+    afterwards: dense and hybrid (Mamba) tiny models, fp32."""
+    torch.manual_seed(3)
+    model = build_model(tiny_config(family, vocab_size=97), device="cpu").float()
+    model.init_weights(std=0.2)
+    mb = pack([[1, 5, 9, 2], [7, 3], [11, 12, 13, 14, 15, 16]], [[4, 8, 6], [2, 2, 9, 1], [5]], 1000)[0]
+    g_lp, g_ent = torch.randn(len(mb.resp_pos)), torch.randn(len(mb.resp_pos))
+    results = []
+    for sel in (False, True):
+        model.zero_grad()
+        lp, ent = model(mb.input_ids, cu_seqlens=mb.cu_seqlens, logprobs_of=mb.targets, temperature=0.8,
+                        return_entropy=True, positions=mb.resp_pos if sel else None)
+        if not sel:
+            lp, ent = lp[0, mb.resp_pos], ent[0, mb.resp_pos]
+        assert lp.shape == ent.shape == (len(mb.resp_pos),)
+        ((lp * g_lp).sum() + (ent * g_ent).sum()).backward()
+        results.append((lp.detach(), ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ent1, ent0, atol=1e-6, rtol=1e-6)
+    assert g0.keys() == g1.keys() and g0["lm_head.weight"].abs().max() > 0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+    with pytest.raises(ValueError, match="positions"):
+        model(mb.input_ids, cu_seqlens=mb.cu_seqlens, positions=mb.resp_pos)
+
+
 @pytest.mark.parametrize("T", [1.0, 0.6])
 def test_generator_logprobs_equal_trainer_logprobs(T):
     """Same weights, fp32, no truncation: the engine's recorded log-probs (KV-cached decoding) equal the trainer's
