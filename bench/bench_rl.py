@@ -79,7 +79,8 @@ def run_ours(args) -> dict:
     return {"step_s": step_s, "tokens": toks, "peak_gib": peak, "phases": phases,
             "reward": statistics.mean(r["reward"] for r in recs), "compute_dtypes": sorted(seen),
             "param_dtype": str(next(tr.model.parameters()).dtype), "gradient_checkpointing": False,
-            "logprob_diff_max": max((r["logprob_diff_max"] or 0.0) for r in recs)}
+            "logprob_diff_max": max((r["logprob_diff_max"] or 0.0) for r in recs),
+            "logprob_diff_mean": statistics.mean((r["logprob_diff_mean"] or 0.0) for r in recs)}
 
 
 def _dtype_probe(module) -> set:
@@ -222,8 +223,8 @@ def main() -> int:
         print(f"  {prov:>5}: step {r['step_s']:.1f} s, {tok_s:.1f} tokens/s, peak RSS {r['peak_gib']:.2f} GiB; "
               f"{shares}")
         print(f"         params {r['param_dtype']}, layer outputs {', '.join(r['compute_dtypes'])}, gradient "
-              f"checkpointing {r['gradient_checkpointing']}" + (f", max |generator - trainer logp| "
-              f"{r['logprob_diff_max']:.3g}" if "logprob_diff_max" in r else ""))
+              f"checkpointing {r['gradient_checkpointing']}" + (f", |generator - trainer logp| mean "
+              f"{r['logprob_diff_mean']:.3g} max {r['logprob_diff_max']:.3g}" if "logprob_diff_max" in r else ""))
         for metric, unit, val in (("step_time", "s", r["step_s"]), ("tokens_per_s", "tok/s", tok_s),
                                   ("peak_rss", "GiB", r["peak_gib"])):
             rows.append(utils.row("rl_step", prov, mode, metric, unit, args.new_tokens, val, config=config,

@@ -19,8 +19,7 @@ def main(argv=None) -> int:
 
     return recipe_main(argv, prog="prism_fast.rl", description=__doc__.split("\n")[0],
                        epilog="Overrides: --section.field=value, e.g. --train.steps=10 --loss.kl_beta=0.05",
-                       recipes=RL_RECIPES, get_recipe=get_rl_recipe, make_trainer=make_trainer,
-                       ok_statuses=("done",))
+                       recipes=RL_RECIPES, get_recipe=get_rl_recipe, make_trainer=make_trainer)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ loads, `analyze trajectory` reads the checkpoints, and config errors are one lin
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from prism_fast.train.checkpoint import list_complete
 from tests.train._runs import ROOT, env, final_weights, kill9, records, wait_for
 
 
@@ -96,6 +98,36 @@ def test_two_ranks_equal_one_rank_and_resume_on_one_rank(smol_slice, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "trajectory.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_the_step_boundary_and_resumes(smol_slice, tmp_path):
+    """SIGTERM (preemption) to the trainer process: it finishes its step, writes a complete checkpoint at that step
+    (no interval checkpoint configured) and exits 0; a relaunch resumes from it and runs the next step. (Signalled
+    alone, not through torchrun: the agent itself exits non-zero on a forwarded signal, and it signals the worker's
+    process group, verifier workers included.)"""
+    run = tmp_path / "run"
+    args = _args(smol_slice, run, "--checkpoint.interval=0", "--checkpoint.save_final=false")
+    proc = subprocess.Popen(_cmd(None, args + ["--train.steps=50"]), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists() and 2 in _by_step(run), proc, timeout=600,
+                 what="two logged steps")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill9(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: checkpoint at step" in out, out[-3000:]
+    done = list_complete(run / "checkpoints")
+    assert len(done) == 1, out[-3000:]
+    step = int(done[0].name.split("-")[1])
+    assert 2 <= step == max(_by_step(run)) < 50
+    n_before = len([r for r in records(run) if "reward" in r])
+    _run(None, args + [f"--train.steps={step + 1}"])
+    steps_after = [r["step"] for r in records(run) if "reward" in r]
+    assert len(steps_after) == n_before + 1 and steps_after[-1] == step + 1    # resumed: exactly one new step
 
 
 def test_config_errors_are_one_line_exit_2(tmp_path, capsys):
