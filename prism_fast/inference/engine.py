@@ -161,7 +161,9 @@ class Engine:
         c = self._cache
         if c is None or c.batch_size < slots or c.max_seq_len < capacity:
             self._cache = None                                    # free the old one before allocating
-            c = self._cache = self.model.new_cache(slots, capacity)
+            # the compute dtype, not the parameters' one: an FSDP2 mixed-precision policy's sharded (fp32) params
+            # differ from the gathered (bf16) weights the blocks compute with, and K/V must match those
+            c = self._cache = self.model.new_cache(slots, capacity, dtype=getattr(torch, self.model.kernels.dtype))
         c.seqlens.zero_()                                         # rows of an earlier call hold nothing now
         self._batch = SlotBatch(self.model, c, c.batch_size, max(p.max_new_tokens for p in plist),
                                 max(len(s) for s in stop_ids), self.device)
