@@ -61,7 +61,7 @@ def run_ours(args) -> dict:
         f"--rollout.max_batch={args.prompts * args.group}", f"--optim.lr={args.lr}", f"--loss.kl_beta={args.beta}",
         "--loss.eps_high=0.2", "--loss.filter_zero_std=false", f"--train.steps={args.steps + 1}",
         "--checkpoint.interval=0", "--checkpoint.save_final=false", "--metrics.progress_bar=false",
-        f"--parallel.param_dtype={args.precision}", "--parallel.reduce_dtype=fp32"])
+        f"--parallel.param_dtype={args.precision}", "--parallel.reduce_dtype=fp32", *args.ours])
     tr = RLTrainer(cfg)
     seen = _dtype_probe(tr.model.blocks[0])
     tr.train_step()                       # warmup step (first-call allocations); not timed
@@ -184,6 +184,8 @@ def main() -> int:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="compute dtype of both providers (fp32 master weights either way)")
     p.add_argument("--providers", default="ours,trl")
+    p.add_argument("--ours", action="append", default=[], metavar="--SECTION.FIELD=VALUE",
+                   help="extra config override for our trainer (repeatable), e.g. --ours=--train.keep_host_memory=false")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     q = args.quick
@@ -199,7 +201,8 @@ def main() -> int:
     for prov in args.providers.split(","):
         cmd = [sys.executable, __file__, "--worker", prov, "--prompts", str(args.prompts), "--group", str(args.group),
                "--new-tokens", str(args.new_tokens), "--steps", str(args.steps), "--lr", str(args.lr), "--beta",
-               str(args.beta), "--threads", str(args.threads), "--precision", args.precision]
+               str(args.beta), "--threads", str(args.threads), "--precision", args.precision,
+               *[f"--ours={o}" for o in args.ours]]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -211,6 +214,7 @@ def main() -> int:
     load = os.getloadavg()
     config = {"prompts": args.prompts, "group": args.group, "new_tokens": args.new_tokens, "steps": args.steps,
               "lr": args.lr, "beta": args.beta, "threads": args.threads, "precision": args.precision,
+              **({"ours_overrides": args.ours} if args.ours else {}),
               "trl_gradient_checkpointing": results.get("trl", {}).get("gradient_checkpointing"),
               "load_avg_1m": round(load[0], 2)}
     mode = ("quick" if q else "full") + ("" if args.precision == "fp32" else f"_{args.precision}")
