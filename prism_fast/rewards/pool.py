@@ -133,8 +133,11 @@ class WorkerPool:
         # when a worker was killed in the middle of a run.
         env = dict(os.environ, TMPDIR=self._dir, PYTHONPATH=os.pathsep.join(
             filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        # Own session: a signal to the caller's process group (torchrun and job schedulers send SIGTERM to the
+        # whole group) must not kill the verifiers while the caller finishes its step and checkpoints; the pool
+        # still ends with its caller (EOF on the zygote's stdin, whatever way the caller exits).
         self._zygote = subprocess.Popen([sys.executable, "-m", "prism_fast.rewards.zygote"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env, close_fds=True)
+                                        stdout=subprocess.PIPE, env=env, close_fds=True, start_new_session=True)
         self._zygote.stdin.write(f"{self._token}\n{address}\n".encode())
         self._zygote.stdin.flush()
 

@@ -1,5 +1,7 @@
 """No process survives: a scoring process SIGKILLed in the middle of a hostile batch (fork bomb, endless loop,
-detached sleeper, a worker stuck in sympy) leaves no worker, zygote or sandboxed process, and no directory."""
+detached sleeper, a worker stuck in sympy) leaves no worker, zygote or sandboxed process, and no directory.
+And the other way round: SIGTERM to the caller's whole process group (what torchrun sends) leaves the verifiers
+alive, so a trainer that checkpoints at the next step boundary still scores the step in flight."""
 import os
 import signal
 import subprocess
@@ -65,3 +67,26 @@ def test_sigkilled_caller_leaves_nothing_running():
         time.sleep(0.1)
     assert _tagged(tag) == []
     assert not os.path.exists(pool_dir)              # the zygote removed the pool's directory (sandbox dirs too)
+
+
+GROUP_SIGTERM = r'''
+import os, signal, sys
+from prism_fast.rewards import Rewarder
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(1))          # the trainer's handler: finish the step, then exit
+r = Rewarder(num_workers=2, timeout_s=20, require_think=False)
+assert len(r.worker_pids()) == 2                                  # the pool is up (it starts lazily)
+os.killpg(os.getpgid(0), signal.SIGTERM)                          # as torchrun does: the whole process group
+items = [{"domain": "math", "response": "\\boxed{" + a + "}", "reference": "1/2"} for a in ("0.5", "2", "1/2")]
+res = r.submit(items).result()
+print(got, [x.reward for x in res], [x.reason for x in res], flush=True)
+r.close()
+'''
+
+
+def test_sigterm_to_the_callers_process_group_spares_the_verifiers():
+    p = subprocess.run([sys.executable, "-c", GROUP_SIGTERM], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       start_new_session=True)                    # its own group, so pytest is not signalled
+    assert p.returncode == 0, p.stderr[-3000:]
+    got, rewards, reasons = p.stdout.strip().split("] [", 2)
+    assert got == "[1" and rewards == "1.0, 0.0, 1.0", (p.stdout, reasons)
