@@ -14,7 +14,8 @@ import pytest
 
 from prism_fast.entry import UserError
 from prism_fast.study import StageDir, Study, stage_key
-from prism_fast.study.stages import run_logged
+from prism_fast.study.modes import MODES
+from prism_fast.study.stages import landscape_args, run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,15 @@ def test_stage_dir_resumes_same_key_and_wipes_other_key(tmp_path):
     other = StageDir(tmp_path, "mt", "k2")                           # config changed: not done, wiped on start
     assert other.done() is None and other.start() is False
     assert not (sd.path / "partial.txt").exists() and not (sd.path / "DONE").exists()
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_landscape_arguments_parse_in_every_mode(mode):
+    """The full mode's grid starts at -0.5: passed as two words, argparse read it as a flag and the stage failed."""
+    from prism_fast.analysis.cli import build_parser
+    size = MODES[mode]["landscape"]
+    args = build_parser().parse_args(["landscape", *landscape_args(size, "b", "m", "r"), "--out", "x"])
+    assert args.alphas == args.betas == [float(g) for g in size["grid"]]
 
 
 def test_unknown_mode_is_a_user_error(tmp_path):

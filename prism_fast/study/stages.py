@@ -253,8 +253,13 @@ class Study:
                                         "--max-tokens", str(c["max_tokens"])])
 
     def _landscape(self, d: Path, resumed: bool) -> dict:
-        s = self.size["landscape"]
-        grid = ",".join(str(g) for g in s["grid"])
-        return self._analyze(d, "landscape", ["--base", self.model("base"), "--mt", self.model("mt"),
-                                              "--rl", self.model("rl_mt"), "--alphas", grid, "--betas", grid,
-                                              "--num-eval", str(s["num_eval"]), "--max-tokens", str(s["max_tokens"])])
+        return self._analyze(d, "landscape", landscape_args(self.size["landscape"], self.model("base"),
+                                                            self.model("mt"), self.model("rl_mt")))
+
+
+def landscape_args(size: dict, base: str, mt: str, rl: str) -> list[str]:
+    """`prism_fast.analyze landscape` arguments for one mode's grid. `--alphas=-0.5,...` with the `=`: as two
+    words, argparse would take a grid that starts with a negative number for an option flag."""
+    grid = ",".join(str(g) for g in size["grid"])
+    return ["--base", base, "--mt", mt, "--rl", rl, f"--alphas={grid}", f"--betas={grid}",
+            "--num-eval", str(size["num_eval"]), "--max-tokens", str(size["max_tokens"])]
