@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from prism_fast.rl.prompts import PromptSet
 from prism_fast.rl.ref_policy import RefPolicy
 from prism_fast.rl.rollout import generate
 from prism_fast.train.checkpoint import Checkpointer
+from prism_fast.train.preemption import Preemption
 from prism_fast.train.config import save_json
 from prism_fast.train.process import start_process
 from prism_fast.train.metrics import MetricsLogger, peak_memory_gib
@@ -103,9 +103,8 @@ class RLTrainer:
         self.metrics = MetricsLogger(cfg.metrics, self.run_dir, rank=self.rank, total_steps=tc.steps,
                                      start_step=self.step, desc="rl")
         self.history: list[dict] = []
-        self._preempted = False
-        if cfg.checkpoint.save_on_sigterm:     # preemption: finish the current step, checkpoint, exit 0 (as midtrain)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+        # SIGTERM: finish the current step, checkpoint, exit 0 (train/preemption.py)
+        self.preemption = Preemption(cfg.checkpoint.save_on_sigterm, self.world_size, self.cpu_group)
         if self.rank == 0:
             log.info("run %s: world %d, %d prompts (%s), %d x %d rollouts/step, resume=%s", self.run_dir,
                      self.world_size, len(self.prompts), ",".join(self.domains), cfg.rollout.prompts_per_step,
@@ -128,7 +127,7 @@ class RLTrainer:
             saved = (ck.interval and self.step % ck.interval == 0 and not last) or (last and ck.save_final)
             if saved:
                 self.save()
-            if self._agree_preempted():
+            if self.preemption.agreed():
                 if not saved:
                     self.save()
                 log.warning("SIGTERM: checkpoint at step %d written, exiting", self.step)
@@ -136,17 +135,6 @@ class RLTrainer:
         if ck.export_final and ck.save_final:
             self.export()
         return "done"
-
-    def _on_sigterm(self, signum, frame):
-        self._preempted = True
-
-    def _agree_preempted(self) -> bool:
-        """Any rank signalled -> all save together (a MAX all-reduce on the host group at the step boundary)."""
-        if self.world_size == 1:
-            return self._preempted
-        flag = torch.tensor([int(self._preempted)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        return bool(flag.item())
 
     def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.world_size > 1:

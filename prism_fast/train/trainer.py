@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from prism_fast.ops.kernel_choice import replace_kernels
 from prism_fast.entry import UserError
 from prism_fast.train import data_setup
 from prism_fast.train.checkpoint import Checkpointer
+from prism_fast.train.preemption import Preemption
 from prism_fast.train.config import JobConfig, save_json
 from prism_fast.train.metrics import MFU_FORMULA, MetricsLogger, peak_flops, peak_memory_gib
 from prism_fast.train.hf_export import export_checkpoint
@@ -104,9 +104,8 @@ class Trainer:
             self.peak_flops = mixed_peak_flops(self.peak_flops, fp8_flop_share(self.model, cfg.data.seq_len))
         self.metrics = MetricsLogger(cfg.metrics, self.run_dir, rank=self.rank, total_steps=tc.steps,
                                      start_step=self.step)
-        self._preempted = False
-        if cfg.checkpoint.save_on_sigterm:
-            signal.signal(signal.SIGTERM, self._on_sigterm)
+        # SIGTERM: finish the current step, checkpoint, exit 0 (train/preemption.py)
+        self.preemption = Preemption(cfg.checkpoint.save_on_sigterm, self.world_size, self.cpu_group)
         self._reset_window()
         self.last_record: dict = {}
         self.last_val: dict = {}
@@ -131,11 +130,12 @@ class Trainer:
             ve = self.cfg.data.val_every
             if self.cfg.data.val_batches > 0 and ((ve and self.step % ve == 0) or last):
                 self.last_val = self.validate()
-            if (ck.interval and self.step % ck.interval == 0 and not last) or (last and ck.save_final):
+            saved = (ck.interval and self.step % ck.interval == 0 and not last) or (last and ck.save_final)
+            if saved:
                 self.save()
             self.win["t_start"] += time.perf_counter() - t_aside  # throughput counts training steps only
-            if self._agree_preempted():
-                if not (ck.interval and self.step % ck.interval == 0):
+            if self.preemption.agreed():
+                if not saved:
                     self.save()
                 log.warning("SIGTERM: checkpoint at step %d written, exiting", self.step)
                 return "preempted"
@@ -254,7 +254,7 @@ class Trainer:
         self.metrics.log({"step": self.step, "val_loss": out})
         return out
 
-    # ---------------------------------------------------------------- checkpoint / export / preemption
+    # ---------------------------------------------------------------- checkpoint / export
     def save(self):
         self.checkpointer.save(self.step, self.model, self.optimizer.opt,
                                {"loader": self.data.loader.state_dict(), "first_val": self.first_val})
@@ -266,16 +266,6 @@ class Trainer:
                               tokenizer_path=self.data.tokenizer_path)
         dist.barrier(group=self.cpu_group)
         self.export_dir = out
-
-    def _on_sigterm(self, signum, frame):
-        self._preempted = True
-
-    def _agree_preempted(self) -> bool:
-        if self.world_size == 1:
-            return self._preempted
-        flag = torch.tensor([int(self._preempted)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        return bool(flag.item())
 
     def _to_device(self, batch: dict) -> dict:
         nb = self.device.type == "cuda"
