@@ -13,9 +13,9 @@ from prism_fast.entry import run_entry
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m prism_fast.study", description=__doc__)
     m = p.add_mutually_exclusive_group()
-    m.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 15 min on 2 CPU cores")
+    m.add_argument("--quick", dest="mode", action="store_const", const="quick", help="< 15 min on 2 CPU cores (7.0 min measured; a slow test runs it)")
     m.add_argument("--smoke", dest="mode", action="store_const", const="smoke",
-                   help="~1-2 min: a 2-layer SmolLM2 slice, a few steps per stage (what CI runs)")
+                   help="~1-2 min: a 2-layer SmolLM2 slice, a few steps per stage (a slow test runs it)")
     p.set_defaults(mode="full")
     p.add_argument("--out", type=Path, default=None, help="study directory (default: runs/study-<mode>); a rerun "
                    "into it reuses every stage whose inputs did not change")
