@@ -50,7 +50,7 @@ def shared_prefix_len(prompts: list[list[int]], min_len: int = 8) -> int:
         n = i
         if n < min_len:
             return 0
-    return n if n >= min_len else 0
+    return n
 
 
 def prefix_varlen_attention(q, k, v, prefix_k, prefix_v, cu_seqlens: list[int], *, softmax_scale,
@@ -60,18 +60,20 @@ def prefix_varlen_attention(q, k, v, prefix_k, prefix_v, cu_seqlens: list[int], 
     sits at absolute position P + i and sees the whole prefix and its document's tokens 0..i (minus what a left
     window hides). One SDPA per document over [prefix; document] keys with that mask (enable_gqa: no copies)."""
     P = prefix_k.shape[0]
+    pk, pv = prefix_k.to(q.dtype), prefix_v.to(q.dtype)             # the cache's dtype -> the compute dtype, once
+    gqa = k.shape[1] != q.shape[1]
     outs = []
     for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]):
         L = b - a
-        kd = torch.cat([prefix_k, k[a:b].to(prefix_k.dtype)]).to(q.dtype).transpose(0, 1)[None]   # [1, Hkv, P+L, Dh]
-        vd = torch.cat([prefix_v, v[a:b].to(prefix_v.dtype)]).to(q.dtype).transpose(0, 1)[None]
+        kd = torch.cat([pk, k[a:b]]).transpose(0, 1)[None].contiguous()              # [1, Hkv, P + L, Dh]
+        vd = torch.cat([pv, v[a:b]]).transpose(0, 1)[None].contiguous()
         i = torch.arange(L, device=q.device)[:, None] + P                                  # query positions
         j = torch.arange(P + L, device=q.device)[None, :]
         mask = j <= i
         if window_size[0] >= 0:
             mask &= j >= i - window_size[0]
-        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], kd.contiguous(), vd.contiguous(),
-                                           attn_mask=mask, scale=softmax_scale, enable_gqa=kd.shape[1] != q.shape[1])
+        o = F.scaled_dot_product_attention(q[a:b].transpose(0, 1)[None], kd, vd, attn_mask=mask,
+                                           scale=softmax_scale, enable_gqa=gqa)
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
