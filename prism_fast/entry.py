@@ -23,11 +23,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from prism_fast.errors import UserError, describe  # noqa: F401  (re-exported: the trainers import them from here)
+
 T = TypeVar("T")
-
-
-class UserError(ValueError):
-    """A mistake the user can fix (config, data, checkpoint, input files): the message says what to change."""
 
 
 USER_ERRORS = (UserError, ValueError, FileNotFoundError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from prism_fast.entry import UserError
+from prism_fast.errors import UserError, describe
 
 PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
 
@@ -41,8 +41,8 @@ def load_for_eval(path: str):
     try:
         tok = load_tokenizer(p)
     except Exception as e:  # a weights-only directory: say what is missing instead of a transformers traceback
-        raise UserError(f"--model {path}: no tokenizer could be loaded from it ({type(e).__name__}); save the "
-                        f"tokenizer into the model directory") from None
+        raise UserError(f"--model {path}: no tokenizer could be loaded from it ({describe(e.__cause__ or e)}); "
+                        f"save the tokenizer into the model directory") from e
     return from_pretrained(p), tok, str(p)
 
 

@@ -261,12 +261,17 @@ def save_pretrained(model, path, *, dtype=None, max_shard_size="2GB") -> None:
 def load_tokenizer(path):
     """Tokenizer of an HF directory, or the one embedded in a .gguf (converted by transformers' GGUF converter)."""
     from transformers import AutoTokenizer
+
+    from prism_fast.errors import UserError, describe
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: pass an HF tokenizer directory or a .gguf file")
-    if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        if path.suffix == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # one line that keeps transformers' reason (--debug shows the chain)
+        raise UserError(f"{path}: no tokenizer could be loaded from it ({describe(e)})") from e
 
 
 def smollm2_gguf_path() -> Path:
