@@ -17,6 +17,7 @@ import time
 
 _ROOT = "/sys/fs/cgroup"
 _counter = itertools.count()
+_PREFIX = "prism_sandbox_"
 
 
 def _own_paths() -> dict[str, str]:
@@ -51,10 +52,11 @@ class RunCgroup:
 
     @classmethod
     def create(cls, memory_bytes: int, max_processes: int) -> RunCgroup | None:
-        name = f"prism_sandbox_{os.getpid()}_{next(_counter)}"
+        name = f"{_PREFIX}{os.getpid()}_{next(_counter)}"
         made: list[str] = []
         try:
             paths = _own_paths()
+            sweep_stale(paths)
             v2 = _v2_dir(paths)
             if v2 is not None:
                 d = os.path.join(v2, name)
@@ -97,6 +99,36 @@ class RunCgroup:
                     if e.errno != errno.EBUSY or time.monotonic() > end:
                         break
                     time.sleep(0.005)
+
+
+def _parent_dirs(paths: dict[str, str]) -> list[str]:
+    """Where this process's run cgroups are made (one directory per hierarchy)."""
+    dirs = []
+    v2 = _v2_dir(paths)
+    if v2 is not None:
+        dirs.append(v2)
+    for c in ("memory", "pids"):
+        if c in paths:
+            dirs.append(os.path.join(_ROOT, c, paths[c].lstrip("/")))
+    return dirs
+
+
+def sweep_stale(paths: dict[str, str] | None = None) -> None:
+    """Remove run cgroups left by a process that no longer exists (a verifier worker SIGKILLed by the pool, or
+    a caller killed mid-batch): an empty cgroup is only a directory, but they must not pile up."""
+    try:
+        parents = _parent_dirs(paths or _own_paths())
+    except OSError:
+        return
+    for parent in parents:
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(_PREFIX)]
+        except OSError:
+            continue
+        for n in names:
+            pid = n[len(_PREFIX):].split("_")[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                RunCgroup([os.path.join(parent, n)], []).remove(wait_s=0.5)
 
 
 def _write(d: str, name: str, value: int, optional: bool = False) -> None:
