@@ -141,3 +141,15 @@ def test_forgery_scores_zero(scored, form, forgery):
     r = scored[(form, forgery)]
     assert r.reward == 0.0 and r.correct == 0.0, r
     assert r.reason in ("wrong", "runtime_error"), r
+
+
+def test_truthiness_forgery_scores_zero(rewarder):
+    """`assert candidate(x)` / `assert not candidate(y)` checks: an object whose __bool__ answers whatever the
+    next assert wants (True, then False) arrives in the check sandbox as a handle with no truth value."""
+    ref = {"test_code": "def check(candidate):\n    assert candidate(3)\n    assert not candidate(4)\n",
+           "entry_point": "is_odd"}
+    flipper = ("class Flip:\n    n = 0\n    def __bool__(self):\n        Flip.n += 1\n        return Flip.n == 1\n"
+               "def is_odd(x):\n    return Flip()\n")
+    honest = "def is_odd(x):\n    return x % 2 == 1\n"
+    res = rewarder.score([{"domain": "code", "response": _block(p), "reference": ref} for p in (flipper, honest)])
+    assert [(r.reason, r.reward) for r in res] == [("runtime_error", 0.0), ("ok", 1.0)], res
