@@ -15,7 +15,6 @@ The verdict is the last protocol line: {"op": "done", "nonce"} after check() ret
 import builtins
 import os
 import sys
-import traceback
 
 
 class CandidateGone(BaseException):
@@ -90,6 +89,11 @@ class _Namespace(dict):
             raise KeyError(name) from None
 
 
+def _trace():
+    import traceback            # only on failure: importing it costs ~5-30 ms per test on a busy machine
+    return traceback.format_exc(limit=-2)[-300:]
+
+
 def run_check(test_code, entry_point, nonce):
     _channel["in"] = os.fdopen(os.dup(0), "rb")
     _channel["out"] = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -103,8 +107,8 @@ def run_check(test_code, entry_point, nonce):
         ns["check"](_candidate_global(entry_point))
         verdict = {"op": "done", "nonce": nonce}
     except AssertionError:
-        verdict = {"op": "fail", "kind": "assert", "detail": traceback.format_exc(limit=-2)[-300:]}
+        verdict = {"op": "fail", "kind": "assert", "detail": _trace()}
     except BaseException:  # noqa: BLE001 - CandidateGone, a candidate's exception, a broken test
-        verdict = {"op": "fail", "kind": "error", "detail": traceback.format_exc(limit=-2)[-300:]}
+        verdict = {"op": "fail", "kind": "error", "detail": _trace()}
     sys.stdout.flush()
     _channel["out"].write(dumps_line(verdict))  # noqa: F821

@@ -1,7 +1,7 @@
 """Sandbox launcher: run as root by the system Python (stdlib only), it confines and then execs a candidate.
 
 code_sandbox.py does not run this file by path: it concatenates _sandbox_seccomp.py, this file and a call
-`main(<config>)` into an in-memory file (memfd) and runs `python3 -I -S /dev/fd/N`. So no host path (and no
+`main(<config as a Python literal>)` into an in-memory file (memfd) and runs `python3 -I -S /dev/fd/N`. So no host path (and no
 config: it holds the candidate's files, and for a check sandbox the expected values) shows in any argv, and
 /proc/1/cmdline inside the sandbox reads "python3 -I -S /dev/fd/N". stdin/stdout/stderr are the candidate's.
 Steps with namespaces (config "namespaces": true):
@@ -25,9 +25,7 @@ Without namespaces only steps 1 and 5 happen, in a host work directory made by c
 root; "rlimits" mode: the caller's uid, no cgroup, no keyring change).
 Exit status 121 with a "sandbox setup failed" line on stderr means the launcher itself failed.
 """
-import base64
 import ctypes
-import json  # noqa: F401 - the appended main(json.loads(...)) call uses it
 import os
 import resource
 import signal
@@ -109,13 +107,13 @@ def _pivot(new_root):
 
 
 def _write_files(cfg, workdir):
-    """The run's files (base64 in the config) into the work directory, owned by the sandbox uid."""
+    """The run's files (hex in the config) into the work directory, owned by the sandbox uid."""
     if not os.path.isdir(workdir):
         os.mkdir(workdir, 0o700)
     for name, data in cfg["files"].items():
         path = os.path.join(workdir, name)
         with open(path, "wb") as f:
-            f.write(base64.b64decode(data))
+            f.write(bytes.fromhex(data))
         if cfg["set_uid"]:
             os.chown(path, cfg["uid"], cfg["gid"])
     if cfg["set_uid"]:

@@ -51,8 +51,9 @@ def run_function_test(program: str, test_code: str, entry_point: str, *, timeout
     try:
         cand = Started({"main.py": program, "serve.py": SERVER_SCRIPT}, "serve.py", subprocess.PIPE, timeout_s=timeout_s,
                        config=sandbox)
+        # -I -S: the test code needs the stdlib only; no site import saves ~15 ms of CPU per test
         check = Started({"check.py": check_script(test_code, entry_point, nonce)}, "check.py", subprocess.PIPE,
-                        timeout_s=timeout_s, config=sandbox)
+                        timeout_s=timeout_s, config=sandbox, python_flags=("-I", "-S", "-B"))
         verdict, why = _relay(cand.proc, check.proc, t0 + timeout_s, tails)
         if verdict is not None:                           # the checker has spoken: wait for its exit status
             try:
@@ -60,9 +61,11 @@ def run_function_test(program: str, test_code: str, entry_point: str, *, timeout
             except Exception:  # noqa: BLE001 - TimeoutExpired: no exit status, no pass
                 pass
     finally:
-        for started in (cand, check):
-            if started is not None:
-                started.finish()
+        started = [x for x in (cand, check) if x is not None]
+        for x in started:              # both killed first, then both torn down: the teardowns overlap
+            x.kill()
+        for x in started:
+            x.finish()
     seconds = time.monotonic() - t0
     cand_tail, check_tail = tails["cand"], tails["check"]
     if _setup_failed(check, check_tail) or _setup_failed(cand, cand_tail):

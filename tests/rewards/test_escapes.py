@@ -219,3 +219,52 @@ def test_lone_surrogates_are_the_models_problem(one_worker):
                              "reference": {"test_code": "def check(c):\n    assert c() == 'x'", "entry_point": "f"}}])
     assert [r.reason for r in res] != ["crash"] * 3
     assert all(r.reason in ("runtime_error", "wrong") for r in res), res
+
+
+def test_seccomp_denies_namespace_mount_key_and_unix_socket_calls(one_worker):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the program below uses x86_64 syscall numbers")
+    program = _SYSCALL + """
+import errno, multiprocessing, os, socket, subprocess
+
+def result(rc):
+    return 'ok' if rc >= 0 else errno.errorcode[ctypes.get_errno()]
+
+out = {'unshare': result(libc.unshare(0x10000000)), 'setns': result(libc.setns(0, 0)),
+       'keyctl': result(libc.syscall(250, 0, -3, 0))}
+pid = libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)          # clone(CLONE_NEWUSER | SIGCHLD)
+if pid == 0:
+    os._exit(0)
+out['clone_newuser'] = result(pid)
+try:
+    socket.socket(socket.AF_UNIX)
+    out['af_unix'] = 'ok'
+except OSError as e:
+    out['af_unix'] = errno.errorcode[e.errno]
+# what ordinary programs use keeps working
+a, b = socket.socketpair()
+out['socketpair'] = 'ok'
+out['subprocess'] = subprocess.run(['true']).returncode
+with multiprocessing.Pool(2) as p:
+    out['pool'] = p.map(abs, [-1, -2])
+print(sorted(out.items()))"""
+    expected = sorted({"unshare": "EPERM", "setns": "EPERM", "keyctl": "EPERM", "clone_newuser": "EPERM",
+                       "af_unix": "EACCES", "socketpair": "ok", "subprocess": 0, "pool": [1, 2]}.items())
+    [r] = one_worker.score([_item(program, expected=str(expected))])
+    assert r.reason == "ok", r
+
+
+def test_without_a_cgroup_the_process_count_bounds_memory(monkeypatch):
+    from prism_fast.rewards import code_sandbox
+
+    cfg = code_sandbox.probe_mode(code_sandbox.SandboxConfig())
+    if cfg.mode != "namespaces":
+        pytest.skip("needs root and namespaces")
+    monkeypatch.setattr(code_sandbox.RunCgroup, "create", classmethod(lambda cls, *a: None))
+    run = code_sandbox.run_program("import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC)[0])", "",
+                                   timeout_s=5, config=cfg)
+    n = int(run.stdout)
+    with open("/proc/meminfo") as f:
+        total_mb = int(f.readline().split()[1]) >> 10
+    assert 4 <= n <= cfg.max_processes
+    assert n == 4 or n * cfg.memory_mb <= total_mb // (2 * os.cpu_count())
