@@ -43,6 +43,7 @@ from prism_fast.rewards.sandbox_cgroup import RunCgroup
 log = logging.getLogger(__name__)
 
 SANDBOX_UID_BASE = 1_500_000_000
+CHECK_UID_OFFSET = 1 << 30      # the check side of a function test runs as a uid of its own (function_test.py)
 SETUP_FAILED = 121                      # _sandbox_init.py's exit status when it could not confine
 # The launcher runs from a memfd as one script: the seccomp filter's source, then the launcher's (both stdlib only).
 _LAUNCHER_SOURCE = "\n".join(Path(__file__).with_name(f).read_text() for f in ("_sandbox_seccomp.py",
@@ -131,12 +132,12 @@ class Started:
     """A launched sandbox: `proc` (its stdout/stderr are pipes) and `finish()`, which must always run."""
 
     def __init__(self, files: dict[str, str | bytes], entry: str, stdin, *, timeout_s: float,
-                 config: SandboxConfig, python_flags: tuple[str, ...] = ("-s", "-B")):
+                 config: SandboxConfig, python_flags: tuple[str, ...] = ("-s", "-B"), uid_offset: int = 0):
         if config.mode not in MODES:
             raise ValueError(f"run_program needs a resolved sandbox mode ({', '.join(MODES)}), got "
                              f"{config.mode!r}; resolve 'auto' with probe_mode()")
         self.config = config
-        self.uid = sandbox_uid()
+        self.uid = sandbox_uid() + uid_offset
         self.workdir = None
         self.cgroup = None
         self.proc = None

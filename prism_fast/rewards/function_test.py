@@ -28,7 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from prism_fast.rewards.code_sandbox import ProgramRun, SandboxConfig, Started
+from prism_fast.rewards.code_sandbox import CHECK_UID_OFFSET, ProgramRun, SandboxConfig, Started
 
 _HERE = Path(__file__).parent
 _CODEC = (_HERE / "plain_data.py").read_text()
@@ -51,9 +51,12 @@ def run_function_test(program: str, test_code: str, entry_point: str, *, timeout
     try:
         cand = Started({"main.py": program, "serve.py": SERVER_SCRIPT}, "serve.py", subprocess.PIPE, timeout_s=timeout_s,
                        config=sandbox)
-        # -I -S: the test code needs the stdlib only; no site import saves ~15 ms of CPU per test
+        # -I -S: the test code needs the stdlib only; no site import saves ~15 ms of CPU per test. A uid other
+        # than the candidate's: without namespaces (uid mode) the candidate could otherwise read check.py (the
+        # nonce, the expected values) or open /proc/<checker>/fd/1 and write a verdict
         check = Started({"check.py": check_script(test_code, entry_point, nonce)}, "check.py", subprocess.PIPE,
-                        timeout_s=timeout_s, config=sandbox, python_flags=("-I", "-S", "-B"))
+                        timeout_s=timeout_s, config=sandbox, python_flags=("-I", "-S", "-B"),
+                        uid_offset=CHECK_UID_OFFSET)
         verdict, why = _relay(cand.proc, check.proc, t0 + timeout_s, tails)
         if verdict is not None:                           # the checker has spoken: wait for its exit status
             try:

