@@ -2,24 +2,29 @@
 
 What it relies on, strongest first (the mode is probed once per process and logged once when it is not the
 first):
-  "namespaces"  root + unshare(2): new mount, pid, network, ipc and uts namespaces, a read-only file system
-                with private tmpfs /tmp, /var/tmp, /dev/shm, a fresh /proc, hidden home / repository / caller
-                directories, plus everything of "uid" (see _sandbox_init.py for the exact steps).
-  "uid"         root without namespaces: the candidate runs under a uid of its own with rlimits; after the
-                run every process of that uid is SIGKILLed (kill(-1) issued *as* that uid, which the kernel
-                applies atomically, so a fork bomb cannot outrun it). No network isolation; world-writable
-                directories (/tmp) stay writable.
-  "rlimits"     not root: the caller's uid, rlimits and the process-group kill only (detached processes can
-                outlive the run; no network or file-system isolation). Only for trusted experiments.
-Every mode: a fresh empty working directory (mode 700), stdin from a file (a program that never reads it cannot
-block), a fixed minimal environment (no caller variables), rlimits on CPU seconds, address space, processes,
-file size and open files, stdout capped (the run is killed at the cap), the whole process group SIGKILLed at
-the wall-clock limit, and PR_SET_PDEATHSIG so a verifier worker killed by the pool takes its sandbox with it.
+  "namespaces"  root + unshare(2): new mount, pid, network, ipc, uts and cgroup namespaces and a minimal root
+                (pivot_root into a tmpfs with read-only /usr, /etc, /lib*; /dev with 5 devices; a fresh /proc;
+                /tmp a private tmpfs limited in bytes and inodes holding the work directory), plus everything
+                of "uid" (see _sandbox_init.py for the exact steps).
+  "uid"         root without namespaces: the candidate runs under a uid of its own with rlimits, in a host
+                work directory; after the run every process of that uid is SIGKILLed (kill(-1) issued *as*
+                that uid, which the kernel applies atomically, so a fork bomb cannot outrun it). No network
+                isolation; world-writable directories (/tmp) stay writable.
+  "rlimits"     not root: the caller's uid, rlimits, seccomp and the process-group kill only (detached
+                processes can outlive the run; no network or file-system isolation). Only for trusted experiments.
+Every mode: a fresh private working directory, stdin from a file or a pipe (run_program: a file, so a program
+that never reads it cannot block), a fixed minimal environment (no caller variables), rlimits on CPU seconds,
+address space, processes, file size and open files, the seccomp filter of _sandbox_seccomp.py, stdout capped (the
+run is killed at the cap), the whole process group SIGKILLed at the wall-clock limit, and PR_SET_PDEATHSIG so a
+verifier worker killed by the pool takes its sandbox with it. As root: a fresh session keyring and a cgroup per
+run (sandbox_cgroup.py) bounding the memory and processes of the whole run, else a smaller process count.
 
-The sandbox uid is SANDBOX_UID_BASE + the verifier worker's pid: unique among live workers, so RLIMIT_NPROC
-(counted per uid) of one sandbox is not eaten by a fork bomb in another, and the kill-by-uid sweep cannot hit a
-neighbour. Candidates run under a system interpreter (/usr/bin/python3 by default, PRISM_SANDBOX_PYTHON to
-change): it must be executable by that unprivileged uid, which a virtualenv under /root is not.
+The launcher (_sandbox_seccomp.py + _sandbox_init.py + its config as a literal) runs from a memfd, so no argv
+shows a host path or the run's files. The sandbox uid is SANDBOX_UID_BASE + the verifier worker's pid (the check
+side of a function test: + CHECK_UID_OFFSET): unique among live workers, so RLIMIT_NPROC (counted per uid) of one
+sandbox is not eaten by a fork bomb in another, and the kill-by-uid sweep cannot hit a neighbour. Candidates run
+under a system interpreter (/usr/bin/python3 by default, PRISM_SANDBOX_PYTHON to change): it must be executable
+by that unprivileged uid, which a virtualenv under /root is not.
 """
 from __future__ import annotations
 
