@@ -3,7 +3,7 @@ and a process-count limit, where the machine lets root create cgroups.
 
 RLIMIT_AS is per process, so 64 processes x 512 MiB could hold 32 GiB; a cgroup bounds the sum. Each run gets a
 child of the caller's own cgroup (cgroup v2, or the v1 `memory` + `pids` hierarchies: this machine has v1 memory
-controllers and an empty v2 tree), created before the launcher starts and removed after the run; the launcher
+controllers and an empty v2 tree; v1 uses memory only, see create), created before the launcher starts and removed after the run; the launcher
 joins it before unsharing, so the run's cgroup namespace hides the host's cgroup paths. Where no cgroup can be
 made (not root, read-only /sys/fs/cgroup, v2 without delegated controllers), `RunCgroup.create` returns None and
 code_sandbox.py falls back to a smaller process count (documented in docs/rewards.md); that is logged once.
@@ -73,13 +73,9 @@ class RunCgroup:
             made.append(mem)
             _write(mem, "memory.limit_in_bytes", memory_bytes)
             _write(mem, "memory.memsw.limit_in_bytes", memory_bytes, optional=True)   # no swap past the limit
+            # v1: no `pids` cgroup. Each cgroup.procs write in v1 waits for an RCU grace period (the threadgroup
+            # rwsem), ~10-20 ms per run on a busy machine; RLIMIT_NPROC of the per-worker uid bounds processes.
             procs = [os.path.join(mem, "cgroup.procs")]
-            if "pids" in paths and os.path.isdir(os.path.join(_ROOT, "pids")):
-                pids = os.path.join(_ROOT, "pids", paths["pids"].lstrip("/"), name)
-                os.mkdir(pids)
-                made.append(pids)
-                _write(pids, "pids.max", max_processes)
-                procs.append(os.path.join(pids, "cgroup.procs"))
             return cls(made, procs)
         except OSError:
             cls(made, []).remove()
@@ -107,7 +103,7 @@ def _parent_dirs(paths: dict[str, str]) -> list[str]:
     v2 = _v2_dir(paths)
     if v2 is not None:
         dirs.append(v2)
-    for c in ("memory", "pids"):
+    for c in ("memory", "pids"):                # pids: swept too, for cgroups left by older versions
         if c in paths:
             dirs.append(os.path.join(_ROOT, c, paths[c].lstrip("/")))
     return dirs
