@@ -2,15 +2,18 @@
 
 Runs inside a sandbox of its own as check.py (plain_data.py's source, this file's, then a call to
 `run_check(test_code, entry_point, nonce)`). No candidate code ever runs in this process: `candidate` is a
-`Remote`, and each call sends the plain-data arguments to the candidate's sandbox (through the verifier worker)
+`Remote`, and each call sends the plain-data arguments to the candidate's sandbox (a pipe between the two)
 and gets plain data back, rebuilt here from builtins, so the asserts compare real ints, lists and strings with
 the builtin `==`. A value the candidate cannot send as plain data arrives as a Remote, which equals only itself
 and has no truth value, so `assert candidate(x) == expected` and `assert candidate(x)` both fail on it.
 Names the test code uses but does not define (helpers of the HumanEval prompt such as `poly` or `encode_cyclic`)
 are looked up in the candidate's program: a known limit, see docs/rewards.md.
 
-The verdict is the last protocol line: {"op": "done", "nonce"} after check() returned, or {"op": "fail", "kind":
-"assert" | "error", "detail"}. The nonce is fresh per run and exists only in this sandbox and the worker.
+stdin/stdout are pipes to and from the candidate's sandbox (the worker does not relay each call); stderr goes
+to the worker, and its last line is the verdict: "PRISM-VERDICT " + {"op": "done", "nonce"} after check()
+returned, or {"op": "fail", "kind": "assert" | "error", "detail"}. The nonce is fresh per run and exists only in
+this sandbox and the worker; the candidate cannot write to this stderr (a pipe of the worker's, in another
+sandbox, under another uid).
 """
 import builtins
 import os
@@ -27,13 +30,17 @@ class RemoteError(Exception):
 
 
 _channel = {}
+MAX_REPLY = 4 << 20
+VERDICT_MARK = "PRISM-VERDICT "
 
 
 def _request(message):
     _channel["out"].write(dumps_line(message))  # noqa: F821 - plain_data.py, concatenated before this file
-    line = _channel["in"].readline()
+    line = _channel["in"].readline(MAX_REPLY + 1)
     if not line:
         raise CandidateGone("the candidate's program stopped answering")
+    if not line.endswith(b"\n"):
+        raise CandidateGone("a reply over %d bytes" % MAX_REPLY)
     reply = loads_line(line)  # noqa: F821
     if "ok" in reply:
         return decode(reply["ok"], lambda n: Remote(n))  # noqa: F821
@@ -97,6 +104,7 @@ def _trace():
 def run_check(test_code, entry_point, nonce):
     _channel["in"] = os.fdopen(os.dup(0), "rb")
     _channel["out"] = os.fdopen(os.dup(1), "wb", buffering=0)
+    verdict_out = os.fdopen(os.dup(2), "wb", buffering=0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -111,4 +119,5 @@ def run_check(test_code, entry_point, nonce):
     except BaseException:  # noqa: BLE001 - CandidateGone, a candidate's exception, a broken test
         verdict = {"op": "fail", "kind": "error", "detail": _trace()}
     sys.stdout.flush()
-    _channel["out"].write(dumps_line(verdict))  # noqa: F821
+    sys.stderr.flush()
+    verdict_out.write(VERDICT_MARK.encode() + dumps_line(verdict))  # noqa: F821

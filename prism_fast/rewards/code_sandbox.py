@@ -137,7 +137,8 @@ class Started:
     """A launched sandbox: `proc` (its stdout/stderr are pipes) and `finish()`, which must always run."""
 
     def __init__(self, files: dict[str, str | bytes], entry: str, stdin, *, timeout_s: float,
-                 config: SandboxConfig, python_flags: tuple[str, ...] = ("-s", "-B"), uid_offset: int = 0):
+                 config: SandboxConfig, python_flags: tuple[str, ...] = ("-s", "-B"), uid_offset: int = 0,
+                 stdout=subprocess.PIPE):
         if config.mode not in MODES:
             raise ValueError(f"run_program needs a resolved sandbox mode ({', '.join(MODES)}), got "
                              f"{config.mode!r}; resolve 'auto' with probe_mode()")
@@ -176,7 +177,7 @@ class Started:
             os.write(script, launcher_script(cfg))
             launcher_python = config.python if os.path.exists(config.python) else sys.executable
             self.proc = subprocess.Popen([launcher_python, "-I", "-S", f"/dev/fd/{script}"], stdin=stdin,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(_ENV), cwd="/",
+                                         stdout=stdout, stderr=subprocess.PIPE, env=dict(_ENV), cwd="/",
                                          close_fds=True, pass_fds=(script,), start_new_session=True)
         except BaseException:
             self.finish()

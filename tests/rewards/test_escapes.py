@@ -113,7 +113,8 @@ print('ESCAPED')"""
 
 
 def test_memory_limit_covers_the_whole_run(one_worker):
-    # 4 processes x 300 MiB, each under the 512 MiB per-process RLIMIT_AS, all alive at once (issue 25: 1.8 GiB)
+    """4 processes x 300 MiB, each under the 512 MiB per-process RLIMIT_AS, all alive at once (issue 25: 1.8 GiB).
+    A 10 s limit: filling 1.2 GiB takes ~3 s on this shared machine, and the verdict must not be a mere timeout."""
     program = """
 import os, select, time
 r, w = os.pipe()
@@ -132,7 +133,8 @@ while got < 4:
     elif any(os.waitpid(k, os.WNOHANG)[0] for k in kids):
         break                            # a child was killed (the run's memory limit)
 print('ESCAPED' if got == 4 else 'contained')"""
-    [r] = one_worker.score([_item(program)])
+    with Rewarder(num_workers=1, timeout_s=10.0, require_think=False) as slow:
+        [r] = slow.score([_item(program)])
     assert r.reward == 0.0 and r.reason == "wrong", r
 
 
