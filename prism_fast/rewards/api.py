@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prism_fast.rewards.code_sandbox import SandboxConfig, default_hide, probe_mode
+from prism_fast.rewards.code_sandbox import SandboxConfig, default_expose, probe_mode
 from prism_fast.rewards.format import extract_program, split_answer
 from prism_fast.rewards.items import VERIFIER_FAILURES, RewardItem, RewardResult, as_item, reference_problem
 from prism_fast.rewards.pool import Task, WorkerPool
@@ -60,7 +60,9 @@ class RewardJob:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self.all_failed = False
-        """True when every item ended as "timeout" or "crash": the zeros come from the verifier, not the model."""
+        """True when every item ended as "timeout" or "crash" of the verifier: the zeros come from the verifier,
+        not the model (a candidate program past its time limit is the model's timeout and does not count)."""
+        self._verifier_fault = [False] * n
         if n == 0:
             self._done.set()
 
@@ -107,8 +109,8 @@ class Rewarder:
         self.truncation_penalty = float(truncation_penalty)
         self.repetition_penalty = float(repetition_penalty)
         self.repetition_ngram = repetition_ngram
-        self._sandbox_request = sandbox or SandboxConfig(
-            python=os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3"), hide=default_hide())
+        python = os.environ.get("PRISM_SANDBOX_PYTHON", "/usr/bin/python3")
+        self._sandbox_request = sandbox or SandboxConfig(python=python, expose=default_expose(python))
         self._sandbox: SandboxConfig | None = None
         self._num_workers = num_workers or default_num_workers()
         self._pool: WorkerPool | None = None          # started by the first batch that needs a verifier
@@ -250,12 +252,15 @@ class Rewarder:
         outs = p.outcomes
         seconds = sum(o["seconds"] for o in outs)
         repetition = (outs[0]["repetition"] if outs else None) or 0.0
+        program_timeout = False
         if p.fixed is not None:
             correct, (reason, detail) = 0.0, p.fixed
         else:
             correct = sum(o["correct"] for o in outs) / len(outs)
             bad = next((o for o in outs if o["reason"] != "ok"), None)
             reason, detail = ("ok", "") if bad is None else (bad["reason"], bad["detail"])
+            program_timeout = bad is not None and bad.get("program_timeout", False)
+        job._verifier_fault[p.index] = reason in VERIFIER_FAILURES and not program_timeout
         reward = correct - self.truncation_penalty * p.truncated - self.repetition_penalty * repetition
         result = RewardResult(reward=reward, correct=correct, format_ok=p.format_ok, reason=reason,
                               seconds=seconds, detail=detail)
@@ -270,7 +275,7 @@ class Rewarder:
 
     def _finish_job(self, job: RewardJob) -> None:
         results = job._results
-        job.all_failed = all(r.reason in VERIFIER_FAILURES for r in results)
+        job.all_failed = all(job._verifier_fault)
         if job.all_failed:
             with self._lock:
                 self._counts["all_failed_batches"] += 1

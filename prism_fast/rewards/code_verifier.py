@@ -3,13 +3,15 @@
 stdin/stdout (LiveCodeBench / Codeforces style): the program's output and the expected output are compared line
 by line with trailing whitespace stripped (trailing blank lines ignored); output that is not UTF-8 is decoded
 with replacement characters and so compares unequal. A non-zero exit fails the test even when the output matched.
-HumanEval style: main.py = program + test_code + `check(entry_point)`; the test passes iff that exits 0.
+HumanEval style: the program and `check(entry_point)` run in two sandboxes that exchange only plain data
+(function_test.py); the test passes only on the checker's verdict carrying this run's nonce.
 Each function runs one test and returns (correct 0/1, reason, detail); api.py spreads the tests of an item over
 the pool and averages them.
 """
 from __future__ import annotations
 
 from prism_fast.rewards.code_sandbox import ProgramRun, SandboxConfig, run_program
+from prism_fast.rewards.function_test import run_function_test
 
 
 def _lines(text: str) -> list[str]:
@@ -52,11 +54,5 @@ def run_stdio_test(program: str, stdin: str, expected: str, *, timeout_s: float,
 
 def run_humaneval_test(program: str, test_code: str, entry_point: str, *, timeout_s: float,
                        sandbox: SandboxConfig) -> tuple[float, str, str]:
-    source = f"{program}\n\n{test_code}\n\ncheck({entry_point})\n"
-    run = run_program(source, "", timeout_s=timeout_s, config=sandbox)
-    failed = _failure(run)
-    if failed is not None:
-        return failed
-    if run.returncode != 0:                      # AssertionError: the tests ran and one failed
-        return 0.0, "wrong", run.stderr_tail.strip()[-300:]
-    return 1.0, "ok", ""
+    """The candidate and `check(entry_point)` in two sandboxes (function_test.py): exit status 0 is no pass."""
+    return run_function_test(program, test_code, entry_point, timeout_s=timeout_s, sandbox=sandbox)

@@ -17,6 +17,7 @@ import signal
 import time
 import traceback
 
+from prism_fast.rewards.code_sandbox import become_subreaper
 from prism_fast.rewards.code_verifier import run_humaneval_test, run_stdio_test
 from prism_fast.rewards.mc import verify_mc
 from prism_fast.rewards.penalties import repetition_fraction
@@ -69,8 +70,11 @@ def run_task(kind: str, payload: dict, budget_s: float) -> dict:
     except Exception as e:  # noqa: BLE001 - a verifier bug must score 0 with its reason, not kill the batch
         correct, reason = 0.0, "crash"
         detail = f"{type(e).__name__}: {e}"[:300] + " | " + traceback.format_exc(limit=-1).strip()[-300:]
+    # A candidate program that ran past its limit (an infinite loop) is the model's timeout, not a verifier
+    # failure: it must not make a batch count as "all failed" (api.py)
+    program_timeout = reason == "timeout" and kind in ("code_stdio", "code_humaneval")
     return {"correct": correct, "reason": reason, "detail": detail, "seconds": time.perf_counter() - t0,
-            "repetition": repetition}
+            "repetition": repetition, "program_timeout": program_timeout}
 
 
 def _die_with_parent() -> None:
@@ -88,6 +92,7 @@ def _die_with_parent() -> None:
 def worker_main(conn) -> None:
     """Serve tasks until the parent sends None or goes away (EOF)."""
     _die_with_parent()
+    become_subreaper()          # a sandbox killed at its limit orphans its namespace init: we reap it
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's business; it closes the pool
     signal.signal(signal.SIGALRM, _on_alarm)
     while True:

@@ -17,8 +17,10 @@ import shutil
 import signal
 import socket
 import sys
+import time
 
 from prism_fast.rewards import math_verifier  # noqa: F401 - imported (and warmed) once here, inherited by forks
+from prism_fast.rewards.sandbox_cgroup import sweep_stale
 from prism_fast.rewards.worker import worker_main
 
 
@@ -64,6 +66,8 @@ def main() -> None:
             pass
     if address:
         shutil.rmtree(os.path.dirname(address), ignore_errors=True)
+    time.sleep(0.05)                                    # the killed workers' sandboxes leave their cgroups
+    sweep_stale()
 
 
 if __name__ == "__main__":
