@@ -326,9 +326,13 @@ class Checkpointer:
             ok = True
         except OSError:
             files, ok = None, False
+        except integrity.MarkerError as e:  # garbage marker: damage (resume=auto skips it), never "legacy"
+            files, ok = str(e), True
         files, ok = rank0_result(lambda: (files, ok), self.group)
         if not ok:
             return "incomplete", [f"{step_dir / MARKER}: missing or unreadable"]
+        if isinstance(files, str):
+            return "damaged", [files]
         if files is None:
             return "legacy", []
         names = sorted(files)[self.rank::self.world_size]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
 
 from prism_fast.entry import run_entry
 
+from tests.faults import _faults
 from tests.faults._bad import cli, one_error, snapshot
 
 
@@ -95,3 +98,103 @@ def test_lr_inf_trains_nothing_and_writes_nothing(tmp_path):
             "--train.steps=3")
     one_error(p, "optim.lr=inf", "> 0")
     assert not run_dir.exists()
+
+
+# ------------------------------------------------------------------------------------------------ export
+@pytest.fixture(scope="module")
+def step_dir(tmp_path_factory, base):
+    """A real 3-step tiny run's final checkpoint (intact, finite weights)."""
+    run_dir = tmp_path_factory.mktemp("export_run")
+    _faults.run(None, base + [f"--train.run_dir={run_dir}", "--train.steps=3", "--checkpoint.interval=3",
+                              "--checkpoint.export_final=false"])
+    return run_dir / "checkpoints" / "step-3"
+
+
+def _copy_ckpt(step_dir, tmp_path):
+    d = tmp_path / "run" / "checkpoints" / "step-3"
+    shutil.copytree(step_dir, d)
+    return d
+
+
+def _export(ckpt, out, *extra):
+    return cli("prism_fast.export", "--ckpt", ckpt, "--out", out, "--dtype", "fp32", *extra)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty_dir", "garbage_file", "no_complete"])
+def test_export_bad_ckpt_is_one_line(tmp_path, kind):
+    ckpt = tmp_path / "ckpt"
+    if kind == "empty_dir":
+        ckpt.mkdir()
+    elif kind == "garbage_file":
+        ckpt.write_bytes(os.urandom(4096))
+    elif kind == "no_complete":
+        ckpt = tmp_path / "run" / "checkpoints" / "step-4"
+        ckpt.mkdir(parents=True)
+        (ckpt / "__0_0.distcp").write_bytes(os.urandom(1024))
+    p = _export(ckpt, tmp_path / "hf")
+    one_error(p, str(ckpt))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_out_that_is_a_file(step_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("precious")
+    p = _export(step_dir, out)
+    one_error(p, f"--out {out} is a file")
+    assert out.read_text() == "precious"
+
+
+def test_export_refuses_a_damaged_checkpoint(step_dir, tmp_path):
+    d = _copy_ckpt(step_dir, tmp_path)
+    shard = d / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40  # a flipped bit in the tensor bytes: loads fine, weights garbage (e.g. 4e36)
+    shard.write_bytes(bytes(data))
+    p = _export(d, tmp_path / "hf")
+    one_error(p, f"{d} is damaged", str(shard), "CRC-32")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_garbage_complete_marker_is_damage_not_legacy(step_dir, tmp_path):
+    d = _copy_ckpt(step_dir, tmp_path)
+    (d / "COMPLETE").write_bytes(b"\x00garbage{{ not a manifest")
+    p = cli("prism_fast.checkpoint", "verify", d)
+    assert p.returncode == 1 and "damaged" in p.stdout and "legacy" not in p.stdout, p.stdout + p.stderr
+    p = _export(d, tmp_path / "hf")
+    one_error(p, "is damaged", str(d / "COMPLETE"))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_nonfinite_weights_unless_allowed(step_dir, tmp_path):
+    d = tmp_path / "run" / "checkpoints" / "step-3"
+    _nan_checkpoint(step_dir, d)
+    p = _export(d, tmp_path / "hf")
+    one_error(p, "non-finite weights", "--allow-nonfinite")
+    assert not (tmp_path / "hf").exists()
+    p = _export(d, tmp_path / "hf", "--allow-nonfinite")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "hf" / "config.json").exists()
+
+
+def _nan_checkpoint(src, dst):
+    """A checkpoint that verifies (fresh manifest) but holds a NaN weight: load src's model part, poison one
+    tensor, save it with DCP into dst with src's model_config.json and a manifest of the new files."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from prism_fast.checkpoint import integrity
+    from prism_fast.models import ModelConfig, build_model
+    from prism_fast.train.checkpoint import load_model_weights
+
+    model = build_model(ModelConfig.from_hf_dict(json.loads((src / "model_config.json").read_text())), device="cpu")
+    load_model_weights(src, model)
+    state = model.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 2)
+    state[name][0, 0] = float("nan")
+    dst.mkdir(parents=True)
+    dcp.save({"model": state}, checkpoint_id=str(dst), no_dist=True)
+    shutil.copy(src / "model_config.json", dst / "model_config.json")
+    files = integrity.describe(dst, integrity.content_files(dst))
+    (dst / integrity.MARKER).write_bytes(integrity.manifest_bytes(3, files))
+    assert integrity.verify(dst) == ("intact", [])
+    assert torch.isnan(state[name]).any()
