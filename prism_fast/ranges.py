@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from prism_fast.entry import UserError
 
@@ -64,10 +64,11 @@ def field_range(f: dataclasses.Field) -> Range | None:
     return f.metadata.get(_KEY)
 
 
-def check_ranges(cfg: Any, prefix: str = "", *, flags: bool = True) -> None:
+def check_ranges(cfg: Any, prefix: str = "", *, flags: bool | Callable[[str], str] = True) -> None:
     """Raise UserError for the first ranged field of `cfg` (recursing into dataclass-valued fields, whose names
-    extend the prefix: "optim.lr") whose value is outside its range. flags: the message says which
-    `--section.field` override to change (config trees); False for objects built in code (SamplingParams)."""
+    extend the prefix: "optim.lr") whose value is outside its range. flags: True = the message names the
+    `--section.field` override to change (config trees); a function = field path -> the CLI flag that sets it
+    (flat argparse CLIs); False for objects built in code (SamplingParams)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         where = f"{prefix}.{f.name}" if prefix else f.name
@@ -81,7 +82,8 @@ def check_ranges(cfg: Any, prefix: str = "", *, flags: bool = True) -> None:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise UserError(f"{where}={value!r} must be a number {rng.text()}")
             if not rng.contains(v):
-                fix = f"; set --{where} to such a value" if flags else ""
+                flag = flags(where) if callable(flags) else f"--{where}" if flags else None
+                fix = f"; set {flag} to such a value" if flag else ""
                 kind = "an integer" if str(f.type).startswith("int") else "a finite number"
                 raise UserError(f"{where}={_show(value)} is out of range: it must be {kind} {rng.text()}{fix}")
 

@@ -198,3 +198,84 @@ def _nan_checkpoint(src, dst):
     (dst / integrity.MARKER).write_bytes(integrity.manifest_bytes(3, files))
     assert integrity.verify(dst) == ("intact", [])
     assert torch.isnan(state[name]).any()
+
+
+# ------------------------------------------------------------------------------------------------ eval
+class _RunsACommand:
+    """Unpickling this calls os.system: what a crafted LiveCodeBench file held."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _lcb_row(private: str) -> dict:
+    return {"question_content": "Reverse the line.", "question_id": "q1", "metadata": "{}",
+            "public_test_cases": json.dumps([{"input": "abc\n", "output": "cba\n", "testtype": "stdin"}]),
+            "private_test_cases": private}
+
+
+def _eval(*args):
+    # every case below fails before the model loads (data and options are checked first)
+    return cli("prism_fast.eval", "--model", "smollm2", "--limit", "1", "--no-progress", *args)
+
+
+def test_livecodebench_pickle_never_runs(tmp_path):
+    import base64
+    import pickle
+    import zlib
+    marker = tmp_path / "pwned"
+    evil = base64.b64encode(zlib.compress(pickle.dumps(_RunsACommand(marker)))).decode()
+    f = tmp_path / "lcb.jsonl"
+    f.write_text(json.dumps(_lcb_row(evil)) + "\n")
+    p = _eval("--bench", f"livecodebench={f}", "--out", tmp_path / "ev")
+    one_error(p, str(f), "refusing to load")
+    assert not marker.exists(), "the benchmark file ran a command"
+    assert not (tmp_path / "ev").exists()
+
+
+def test_livecodebench_release_format_still_decodes(tmp_path):
+    from prism_fast.eval.benchmarks import load_benchmark
+    from prism_fast.eval.loaders import encode_lcb_tests
+    f = tmp_path / "lcb.jsonl"
+    f.write_text(json.dumps(_lcb_row(encode_lcb_tests([{"input": "x\n", "output": "x\n", "testtype": "stdin"}])))
+                 + "\n")
+    (problem,) = load_benchmark("livecodebench", f)
+    assert problem.reference == {"tests": [{"input": "abc\n", "output": "cba\n"}, {"input": "x\n", "output": "x\n"}]}
+
+
+def test_empty_gold_answer_names_file_and_line(tmp_path):
+    f = tmp_path / "math.jsonl"
+    f.write_text(json.dumps({"problem": "1+1?", "answer": "2", "id": "a"}) + "\n\n"
+                 + json.dumps({"problem": "2+2?", "answer": "  ", "id": "b"}) + "\n")
+    p = _eval("--bench", f"math500={f}", "--out", tmp_path / "ev")
+    one_error(p, f"{f}:3: empty gold answer")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("name,content", [("garbage.jsonl", os.urandom(64) + b"\xff\xfe"),
+                                          ("garbage.json", b"{not json"),
+                                          ("garbage.jsonl.gz", b"\x1f\x8b\x08 truncated"),
+                                          ("garbage.parquet", b"PAR1 not parquet")])
+def test_garbage_eval_file_is_named(tmp_path, name, content):
+    f = tmp_path / name
+    f.write_bytes(content)
+    p = _eval("--bench", f"math500={f}", "--out", tmp_path / "ev")
+    one_error(p, str(f))
+
+
+def test_bad_temperature_writes_nothing_so_the_rerun_works(tmp_path):
+    out = tmp_path / "ev"
+    p = _eval("--bench", "math500", "--out", out, "--temperature", "-1")
+    one_error(p, "temperature=-1.0", ">= 0", "--temperature")
+    assert not out.exists()  # no run_config.json pinning T=-1 for the corrected rerun to trip over
+
+
+def test_eval_out_that_is_a_file(tmp_path):
+    out = tmp_path / "taken"
+    out.write_text("precious")
+    p = _eval("--bench", "math500", "--out", out)
+    one_error(p, f"--out {out} is a file")
+    assert out.read_text() == "precious"
