@@ -46,7 +46,7 @@ class Range:
             return f"{'>=' if self.ge is not None else '>'} {lo[1:]}"
         if hi:
             return f"{'<=' if self.le is not None else '<'} {hi[:-1]}"
-        return "finite"
+        return ""  # no bounds: finiteness only
 
 
 def _num(x: float) -> str:
@@ -85,7 +85,8 @@ def check_ranges(cfg: Any, prefix: str = "", *, flags: bool | Callable[[str], st
                 flag = flags(where) if callable(flags) else f"--{where}" if flags else None
                 fix = f"; set {flag} to such a value" if flag else ""
                 kind = "an integer" if str(f.type).startswith("int") else "a finite number"
-                raise UserError(f"{where}={_show(value)} is out of range: it must be {kind} {rng.text()}{fix}")
+                raise UserError(f"{where}={_show(value)} is out of range: it must be {kind} {rng.text()}".rstrip()
+                                + fix)
 
 
 def _show(value: Any) -> str:
