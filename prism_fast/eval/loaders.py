@@ -7,9 +7,9 @@ release file itself). What is unusual:
   JSON string, the release format of `code_generation_lite`); both are read. The pickle is read by an unpickler
   that resolves no global at all (`find_class` refuses everything), so it can only build plain values: a
   crafted benchmark file whose pickle names `os.system` (or any callable) is refused with one line instead of
-  running it (LiveCodeBench's own loader calls pickle.loads). Only a str (the JSON text) is accepted. LeetCode-style "functional" tests
-  (a `class Solution` method called with JSON arguments) become HumanEval-style `test_code` for the rewards
-  sandbox, stdin tests become stdin/stdout tests.
+  running it (LiveCodeBench's own loader calls pickle.loads). Only a str (the JSON text) is accepted.
+  LeetCode-style "functional" tests (a `class Solution` method called with JSON arguments) become
+  HumanEval-style `test_code` for the rewards sandbox, stdin tests become stdin/stdout tests.
 - GPQA-Diamond choices are shuffled with a fixed seed per question (the question's Record ID, else its text), so
   the letter of the correct answer does not depend on file order or on the process.
 - Errors name the file, the row and the field, and list the fields that are present (JSONL: FILE:LINE). A file

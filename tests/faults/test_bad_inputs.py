@@ -226,6 +226,14 @@ def test_livecodebench_pickle_never_runs(tmp_path):
     import base64
     import pickle
     import zlib
+
+    from prism_fast.eval.benchmarks import load_benchmark
+    from prism_fast.eval.loaders import encode_lcb_tests
+    genuine = tmp_path / "genuine.jsonl"  # the release format (a pickled JSON string) still decodes
+    genuine.write_text(json.dumps(_lcb_row(encode_lcb_tests([{"input": "x\n", "output": "x\n", "testtype": "stdin"}])))
+                       + "\n")
+    (problem,) = load_benchmark("livecodebench", genuine)
+    assert problem.reference == {"tests": [{"input": "abc\n", "output": "cba\n"}, {"input": "x\n", "output": "x\n"}]}
     marker = tmp_path / "pwned"
     evil = base64.b64encode(zlib.compress(pickle.dumps(_RunsACommand(marker)))).decode()
     f = tmp_path / "lcb.jsonl"
@@ -234,16 +242,6 @@ def test_livecodebench_pickle_never_runs(tmp_path):
     one_error(p, str(f), "refusing to load")
     assert not marker.exists(), "the benchmark file ran a command"
     assert not (tmp_path / "ev").exists()
-
-
-def test_livecodebench_release_format_still_decodes(tmp_path):
-    from prism_fast.eval.benchmarks import load_benchmark
-    from prism_fast.eval.loaders import encode_lcb_tests
-    f = tmp_path / "lcb.jsonl"
-    f.write_text(json.dumps(_lcb_row(encode_lcb_tests([{"input": "x\n", "output": "x\n", "testtype": "stdin"}])))
-                 + "\n")
-    (problem,) = load_benchmark("livecodebench", f)
-    assert problem.reference == {"tests": [{"input": "abc\n", "output": "cba\n"}, {"input": "x\n", "output": "x\n"}]}
 
 
 def test_empty_gold_answer_names_file_and_line(tmp_path):
@@ -257,8 +255,7 @@ def test_empty_gold_answer_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("name,content", [("garbage.jsonl", os.urandom(64) + b"\xff\xfe"),
                                           ("garbage.json", b"{not json"),
-                                          ("garbage.jsonl.gz", b"\x1f\x8b\x08 truncated"),
-                                          ("garbage.parquet", b"PAR1 not parquet")])
+                                          ("garbage.jsonl.gz", b"\x1f\x8b\x08 truncated")])
 def test_garbage_eval_file_is_named(tmp_path, name, content):
     f = tmp_path / name
     f.write_bytes(content)
