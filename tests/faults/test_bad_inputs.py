@@ -136,6 +136,7 @@ def test_export_bad_ckpt_is_one_line(tmp_path, kind):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow  # step_dir launches a training job (like every job-launching fault test)
 def test_export_out_that_is_a_file(step_dir, tmp_path):
     out = tmp_path / "taken"
     out.write_text("precious")
@@ -144,6 +145,7 @@ def test_export_out_that_is_a_file(step_dir, tmp_path):
     assert out.read_text() == "precious"
 
 
+@pytest.mark.slow  # step_dir launches a training job (like every job-launching fault test)
 def test_export_refuses_a_damaged_checkpoint(step_dir, tmp_path):
     d = _copy_ckpt(step_dir, tmp_path)
     shard = d / "__0_0.distcp"
@@ -155,6 +157,7 @@ def test_export_refuses_a_damaged_checkpoint(step_dir, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow  # step_dir launches a training job (like every job-launching fault test)
 def test_garbage_complete_marker_is_damage_not_legacy(step_dir, tmp_path):
     d = _copy_ckpt(step_dir, tmp_path)
     (d / "COMPLETE").write_bytes(b"\x00garbage{{ not a manifest")
@@ -165,6 +168,7 @@ def test_garbage_complete_marker_is_damage_not_legacy(step_dir, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow  # step_dir launches a training job (like every job-launching fault test)
 def test_export_refuses_nonfinite_weights_unless_allowed(step_dir, tmp_path):
     d = tmp_path / "run" / "checkpoints" / "step-3"
     _nan_checkpoint(step_dir, d)
