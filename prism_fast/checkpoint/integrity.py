@@ -10,6 +10,8 @@ Marker format (JSON, one object):
     {"format": "prism_fast.checkpoint", "version": 1, "step": N, "checksum": "crc32",
      "files": {"<name>": {"size": <bytes>, "crc32": "<8 hex digits>"}, ...}}
 Markers written before this format ("step N\\n") are *legacy*: their files cannot be verified, only loaded.
+Anything else in a marker (garbage, a truncated manifest, JSON of another shape) is damage: reading it raises
+MarkerError, and `verify` reports the checkpoint "damaged" (it used to pass as legacy and load unverified).
 
 Why CRC-32 (zlib): it runs at memory speed (>1 GB/s per core, page-cache reads right after the write) and
 catches truncation, zeroed pages and bit flips; it is not meant to resist deliberate tampering. Verification is
@@ -20,6 +22,7 @@ and sizes only (keep-last-K pruning, which runs after every save and must stay c
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -29,6 +32,11 @@ VERSION = 1
 _CHUNK = 8 << 20
 # Files that are not part of a checkpoint's contents: the marker itself and the kill-test hook's flag.
 _NOT_CONTENT = {MARKER, "PAUSED"}
+_LEGACY = re.compile(r"step \d+\s*")
+
+
+class MarkerError(ValueError):
+    """A COMPLETE marker that is neither a manifest nor a legacy "step N" line."""
 
 
 def file_crc32(path: str | Path) -> tuple[int, str]:
@@ -62,15 +70,29 @@ def manifest_bytes(step: int, files: dict[str, dict]) -> bytes:
 
 
 def read_manifest(step_dir: str | Path) -> dict | None:
-    """The marker's file table, or None for a legacy marker ("step N"). Raises FileNotFoundError without one."""
-    text = (Path(step_dir) / MARKER).read_text()
+    """The marker's file table, or None for a legacy marker ("step N"). Raises FileNotFoundError without one,
+    MarkerError when the marker is neither."""
+    path = Path(step_dir) / MARKER
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MarkerError(f"{path}: not a manifest (binary garbage); the checkpoint cannot be verified") from None
+    if _LEGACY.fullmatch(text):
+        return None
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
-        return None
-    return doc["files"]
+    except json.JSONDecodeError as e:
+        raise MarkerError(f"{path}: not a manifest ({e.msg} at line {e.lineno}); the checkpoint cannot be "
+                          f"verified") from None
+    files = doc.get("files") if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+    if not isinstance(files, dict) or not all(_entry_ok(v) for v in files.values()):
+        raise MarkerError(f"{path}: JSON but not a {FORMAT} manifest; the checkpoint cannot be verified")
+    return files
+
+
+def _entry_ok(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("crc32"), str)
 
 
 def check_files(step_dir: str | Path, files: dict[str, dict], *, deep: bool = True) -> list[str]:
@@ -98,7 +120,10 @@ def verify(step_dir: str | Path, *, deep: bool = True) -> tuple[str, list[str]]:
     d = Path(step_dir)
     if not (d / MARKER).is_file():
         return "incomplete", [f"{d / MARKER}: missing (the write was interrupted)"]
-    files = read_manifest(d)
+    try:
+        files = read_manifest(d)
+    except MarkerError as e:
+        return "damaged", [str(e)]
     if files is None:
         return "legacy", []
     problems = check_files(d, files, deep=deep)

@@ -21,14 +21,18 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from prism_fast.data.readers import (FORMATS, BadInputError, count_or_raise, input_kind, item_size, item_to_doc,
                                      read_items, source_files)
+from prism_fast.data.shards import _FILES as _SHARD_FILES
 from prism_fast.data.shards import ShardWriter, token_dtype
+from prism_fast.entry import UserError
 
 _BATCH_DOCS = 256
 _BATCH_CHARS = 1 << 18  # ~60k tokens: keeps the transient Encoding objects (~100 B/token) small
@@ -58,12 +62,25 @@ def load_tokenizer(path: str, cache: bool = True):
                 _save_atomically(tok, cached)
         tok.name_or_path = str(p)  # meta.json names the GGUF file, not the parent directory or the cache
     elif p.is_dir():
-        tok = transformers.AutoTokenizer.from_pretrained(str(p))
+        tok = _tokenizer_from_dir(p)
     else:
         raise ValueError(f"--tokenizer {path!r} must be an HF tokenizer directory or a .gguf file")
     if not getattr(tok, "is_fast", False):
         raise ValueError(f"{path}: only fast (Rust) tokenizers are supported")
     return tok
+
+
+def _tokenizer_from_dir(p: Path):
+    """AutoTokenizer of an HF directory; any failure (no tokenizer files, unparsable tokenizer.json: transformers
+    raises several exception types with multi-line messages) becomes one line naming the directory."""
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(p))
+    except Exception as e:  # noqa: BLE001 (transformers' failures here are all "this is not a tokenizer")
+        why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise UserError(f"--tokenizer {p}: not a loadable HF tokenizer directory ({type(e).__name__}: {why}); "
+                        f"pass a directory holding tokenizer.json (or a .gguf file)") from e
 
 
 def _gguf_cache_dir(p: Path) -> Path:
@@ -192,8 +209,12 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     info = tokenizer_info(tok, eos_token)
     tok_json, _ = _serialized(tok)
     with_mask = fmt in ("chat", "qa")
-    made_from = _first_missing(Path(out_dir))  # a failed run removes the directories it made, no others
-    writer = ShardWriter(out_dir, token_dtype(info["vocab_size"]), with_mask)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a directory: name a new or existing shard directory")
+    made_from = _first_missing(out.parent)  # a failed run removes the directories it made, no others
+    stage = _staging_dir(out)
+    writer = ShardWriter(stage, token_dtype(info["vocab_size"]), with_mask)
     skipped: dict | None = {} if skip_bad else None
     sources = []
     total_bytes = sum(os.path.getsize(f) for f in files)
@@ -240,10 +261,12 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
         meta = {"tokenizer": info, "format": fmt, "domain": domain or Path(out_dir).name, "sources": sources,
                 "skipped_bad": skipped or {}}
         meta = writer.close(meta)
+        _publish(stage, out)
     except BaseException:
         writer.abort()
+        shutil.rmtree(stage, ignore_errors=True)
         if made_from is not None:
-            _remove_empty_dirs(Path(out_dir), made_from)
+            _remove_empty_dirs(out.parent, made_from)
         raise
     finally:
         if pool is not None:
@@ -253,6 +276,36 @@ def prepare(inputs: list[str], tokenizer: str, out_dir: str, *, domain: str | No
     if skipped:
         print(f"prepare: skipped bad records {skipped} ({sum(skipped.values())} total)", file=sys.stderr)
     return meta
+
+
+def _staging_dir(out: Path) -> Path:
+    """A fresh hidden directory beside `out` (same file system, so publishing is a rename). The shard is written
+    there whole; until it is complete the previous contents of `out` are not touched, so a bad record, a full
+    disk or a kill mid-prepare never costs the last good shard."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700; the published directory gets mkdir's usual mode
+    return stage
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the complete shard in `stage` to `out`. A new `out` is one rename. An existing directory keeps its
+    other files: its meta.json goes first (the old shard stops looking complete), then each data file is
+    replaced (a stale tokens.mask removed), meta.json last, so an interruption leaves a directory that
+    open_shard refuses, never a mix that looks complete."""
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    (out / "meta.json").unlink(missing_ok=True)
+    for name in _SHARD_FILES:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    os.replace(stage / "meta.json", out / "meta.json")
+    stage.rmdir()
 
 
 def _first_missing(d: Path) -> Path | None:

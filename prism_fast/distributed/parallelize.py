@@ -16,15 +16,16 @@ from prism_fast.distributed.context_parallel import check_cp_supported
 from prism_fast.distributed.fp8 import apply_fp8
 from prism_fast.distributed.fsdp import apply_fsdp, disable_gradient_division, to_dtype
 from prism_fast.distributed.parallel_dims import ParallelDims
+from prism_fast.ranges import check_ranges, ranged
 
 
 @dataclass(kw_only=True, slots=True)
 class Config:
-    dp_replicate: int = 1
+    dp_replicate: int = ranged(1, ge=1)
     """HSDP replica groups (PRISM: 16 x 8 GPUs). 1 = FSDP over all ranks."""
     dp_shard: int = -1
     """FSDP shard group size; -1 = world_size // (dp_replicate * cp)."""
-    cp: int = 1
+    cp: int = ranged(1, ge=1)
     """Context parallelism: ranks sharing each packed row (load-balanced chunks, K/V all-gather per attention
     layer; distributed/context_parallel.py). Dense models only. PRISM long-context phase: 4."""
     param_dtype: str = "bf16"
@@ -34,18 +35,21 @@ class Config:
     """Gradient reduce-scatter / all-reduce dtype."""
     ac: str = "none"
     """Activation checkpointing: none | full | every (every `ac_every`-th block)."""
-    ac_every: int = 2
+    ac_every: int = ranged(2, ge=1)
     compile: bool = False
     """torch.compile each block (CPU: inductor + g++; first steps are slow while compiling)."""
     fp8: bool = False
     """FP8 linears via Transformer Engine (CUDA + TE only; otherwise a RuntimeError at build)."""
     reshard_after_forward: bool = True
     """FSDP2 ZeRO-3 style resharding (False = keep gathered params until backward: more memory, fewer gathers)."""
-    expected_world_size: int | None = None
+    expected_world_size: int | None = ranged(None, ge=1)
     """If set (recipes for a fixed cluster), the launch must match: a clear error otherwise."""
 
     def __post_init__(self):
         to_dtype(self.param_dtype), to_dtype(self.reduce_dtype)
+        check_ranges(self, "parallel")
+        if self.dp_shard != -1 and self.dp_shard < 1:
+            raise ValueError(f"parallel.dp_shard={self.dp_shard} must be -1 (all remaining ranks) or >= 1")
         if self.ac not in AC_MODES:
             raise ValueError(f"parallel.ac={self.ac!r}; use one of {list(AC_MODES)}")
 

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from prism_fast.entry import run_entry
+from prism_fast.entry import UserError, run_entry
 
 
 def _run(argv: list[str]) -> int:
@@ -38,9 +38,7 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per verifier task")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    for flag, v in (("--n", a.n), ("--limit", a.limit), ("--max-new-tokens", a.max_new_tokens)):
-        if v is not None and v < 1:
-            raise ValueError(f"{flag} must be >= 1, got {v}")
+    # EvalConfig checks every value's range (and --out) before anything is written
     res = evaluate(EvalConfig(model=a.model, benches=a.bench, out=a.out, n=a.n, max_new_tokens=a.max_new_tokens,
                               temperature=a.temperature, top_p=a.top_p, limit=a.limit, seed=a.seed,
                               max_batch=a.max_batch, max_tokens_in_flight=a.max_tokens_in_flight,
@@ -70,6 +68,8 @@ def _loglik(argv: list[str]) -> int:
     p.add_argument("--limit", type=int)
     p.add_argument("--out", type=Path, help="write the scores as JSON here")
     a = p.parse_args(argv)
+    if a.out is not None and a.out.is_dir():
+        raise UserError(f"--out {a.out} is a directory; name the JSON file to write, e.g. {a.out / 'loglik.json'}")
     model, tok, label = load_for_eval(a.model)
     res = {"model": label, **score_benchmark(model, tok, a.bench, limit=a.limit)}
     text = json.dumps(res, indent=2)

@@ -4,12 +4,17 @@ The machines that run this reach no model or dataset hub, so every loader reads 
 public release ships (a Hugging Face dataset exported with `ds.to_json(...)` / `ds.to_parquet(...)`, or the
 release file itself). What is unusual:
 - LiveCodeBench ships `private_test_cases` either as a JSON string or compressed (base64 of zlib of a pickled
-  JSON string, the release format of `code_generation_lite`); both are read. LeetCode-style "functional" tests
-  (a `class Solution` method called with JSON arguments) become HumanEval-style `test_code` for the rewards
-  sandbox, stdin tests become stdin/stdout tests.
+  JSON string, the release format of `code_generation_lite`); both are read. The pickle is read by an unpickler
+  that resolves no global at all (`find_class` refuses everything), so it can only build plain values: a
+  crafted benchmark file whose pickle names `os.system` (or any callable) is refused with one line instead of
+  running it (LiveCodeBench's own loader calls pickle.loads). Only a str (the JSON text) is accepted.
+  LeetCode-style "functional" tests (a `class Solution` method called with JSON arguments) become
+  HumanEval-style `test_code` for the rewards sandbox, stdin tests become stdin/stdout tests.
 - GPQA-Diamond choices are shuffled with a fixed seed per question (the question's Record ID, else its text), so
   the letter of the correct answer does not depend on file order or on the process.
-- Errors name the file, the row and the field, and list the fields that are present.
+- Errors name the file, the row and the field, and list the fields that are present (JSONL: FILE:LINE). A file
+  that cannot be decoded at all (binary, truncated gzip, not JSON / Parquet) is one line naming it; an empty
+  gold answer is an input error, not a problem every model fails.
 Every prompt here is the user turn only; the evaluator wraps it in the model's chat template.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import pickle
 import random
@@ -52,23 +58,62 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist")
+    try:
+        rows = _read_rows(path)
+    except UserError:
+        raise
+    except (UnicodeDecodeError, EOFError, OSError, ValueError, zlib.error) as e:
+        # binary or truncated files: gzip, the UTF-8 decoder and pyarrow raise without naming the file
+        raise UserError(f"{path}: not a readable benchmark file ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 (pyarrow's ArrowInvalid / ArrowException are not ValueErrors in all versions)
+        if type(e).__module__.startswith("pyarrow"):
+            raise UserError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise
+    if not rows:
+        raise UserError(f"{path} is empty: it holds no benchmark rows")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UserError(f"{path} row {i}: expected a JSON object, got {type(r).__name__}")
+    return rows
+
+
+class Rows(list):
+    """The rows of a benchmark file; `lines[i]` is row i's line number in a JSONL file (for FILE:LINE errors)."""
+    lines: list[int] | None = None
+
+
+def where(rows: list, source: str, i: int) -> str:
+    """FILE:LINE of row i when the file was JSONL, else "FILE row i"."""
+    lines = getattr(rows, "lines", None)
+    return f"{source}:{lines[i]}" if lines else f"{source} row {i}"
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
+
+
+def _read_rows(path: Path) -> list:
     name = path.name.lower()
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq  # noqa: PLC0415 (optional heavy import)
         rows = pq.read_table(path).to_pylist()
     elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
         opener = gzip.open if name.endswith(".gz") else open
-        rows = []
+        rows, rows.lines = Rows(), []
         with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     rows.append(json.loads(line))
+                    rows.lines.append(lineno)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
     elif name.endswith(".json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
         if isinstance(data, dict):
             data = next((data[k] for k in ("data", "rows", "test") if isinstance(data.get(k), list)), None)
         if not isinstance(data, list):
@@ -76,11 +121,6 @@ def read_records(path: str | Path) -> list[dict]:
         rows = data
     else:
         raise UserError(f"{path}: unknown benchmark file type; use .jsonl, .jsonl.gz, .json or .parquet")
-    if not rows:
-        raise UserError(f"{path} is empty: it holds no benchmark rows")
-    for i, r in enumerate(rows):
-        if not isinstance(r, dict):
-            raise UserError(f"{path} row {i}: expected a JSON object, got {type(r).__name__}")
     return rows
 
 
@@ -107,6 +147,8 @@ def parse_math(rows: list[dict], source: str) -> list[Problem]:
     for i, r in enumerate(rows):
         problem = str(get_field(r, ("problem", "Problem", "question", "Question"), source, i)).strip()
         answer = str(get_field(r, ("answer", "Answer"), source, i)).strip()
+        if not answer:  # every response would score 0 against it: the file is wrong, not the model
+            raise UserError(f"{where(rows, source, i)}: empty gold answer; fix or remove this problem")
         out.append(Problem(_row_id(r, i), "math", problem + MATH_SUFFIX, answer))
     return out
 
@@ -143,11 +185,42 @@ def decode_lcb_tests(value: Any, source: str, i: int) -> list[dict]:
     except json.JSONDecodeError:
         pass
     try:
-        # pickle.loads on the benchmark file: trusted input chosen by the user, exactly as LiveCodeBench does
-        return json.loads(pickle.loads(zlib.decompress(base64.b64decode(value.encode("utf-8")))))
-    except Exception as e:
+        text = _unpickle_str(_inflate(base64.b64decode(value.encode("utf-8"), validate=True)))
+        return json.loads(text)
+    except Exception as e:  # noqa: BLE001 (any failure of the four decoding layers is the file's fault)
         raise UserError(f"{source} row {i}: test cases are neither JSON nor LiveCodeBench's compressed form "
-                        f"(base64 of zlib of pickle of JSON): {type(e).__name__}: {e}") from None
+                        f"(base64 of zlib of pickle of a JSON string): {type(e).__name__}: {_first_line(e)}") from None
+
+
+_MAX_INFLATED = 1 << 30  # 1 GiB per field: the largest release field is tens of MB; bounds a zlib bomb
+
+
+def _inflate(data: bytes) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(data, _MAX_INFLATED)
+    if d.unconsumed_tail:
+        raise ValueError(f"decompresses to more than {_MAX_INFLATED >> 20} MiB")
+    return out
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds only what pickle's opcodes make without a global: str, bytes, numbers, None, bools, lists, tuples,
+    dicts, sets. Every route to code (GLOBAL / STACK_GLOBAL / INST / OBJ / REDUCE of a class or function, and
+    the copyreg extension codes) goes through find_class, which refuses; persistent ids are refused too."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"the pickle names {module}.{name}: a benchmark file may hold plain data only; "
+                                     f"refusing to load (it could run code)")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("the pickle holds a persistent id: plain data only")
+
+
+def _unpickle_str(data: bytes) -> str:
+    value = _PlainUnpickler(io.BytesIO(data)).load()
+    if not isinstance(value, str):
+        raise ValueError(f"the pickle holds a {type(value).__name__}, not the JSON string of the release format")
+    return value
 
 
 def encode_lcb_tests(tests: list[dict]) -> str:

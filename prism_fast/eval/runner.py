@@ -24,6 +24,9 @@ from prism_fast.eval.loaders import Problem
 from prism_fast.eval.metrics import aggregate, summarize
 from prism_fast.eval.model_io import load_for_eval, prompt_ids, stop_token_ids
 from prism_fast.eval.store import SampleStore, check_run_config
+from prism_fast.ranges import check_ranges, ranged
+
+MAX_TIMEOUT_S = 86400.0  # per verifier task; far below where the dispatcher's deadline arithmetic overflows
 
 
 @dataclass(kw_only=True)
@@ -33,21 +36,30 @@ class EvalConfig:
     benches: list[str]
     """NAME or NAME=FILE."""
     out: Path
-    n: int | None = None
+    n: int | None = ranged(None, ge=1)
     """Samples per problem (None: the benchmark's default)."""
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    limit: int | None = None
+    max_new_tokens: int | None = ranged(None, ge=1)
+    temperature: float | None = ranged(None, ge=0)
+    """0 = greedy."""
+    top_p: float | None = ranged(None, gt=0, le=1)
+    limit: int | None = ranged(None, ge=1)
     """Evaluate only the first K problems of each benchmark."""
     seed: int = 0
-    max_batch: int = 64
-    max_tokens_in_flight: int | None = None
+    max_batch: int = ranged(64, ge=1)
+    max_tokens_in_flight: int | None = ranged(None, ge=1)
     """KV budget in tokens (rows x per-row capacity) for the engine; None: max_batch full-length rows."""
     require_think: bool = False
-    timeout_s: float = 10.0
-    num_workers: int | None = None
+    timeout_s: float = ranged(10.0, gt=0, le=MAX_TIMEOUT_S)
+    num_workers: int | None = ranged(None, ge=1)
     progress: bool = True
+
+    def __post_init__(self):
+        # Checked when the config is built, before the output directory or its run_config.json exists: a bad
+        # value (--temperature -1) used to be pinned in run_config.json and make the corrected rerun refuse.
+        check_ranges(self, flags=lambda name: {"timeout_s": "--timeout"}.get(name, "--" + name.replace("_", "-")))
+        self.out = Path(self.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} is a file; name a new directory (or an earlier eval's, to resume)")
 
     def decoding(self, default: Decoding) -> Decoding:
         return Decoding(temperature=default.temperature if self.temperature is None else self.temperature,

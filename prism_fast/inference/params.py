@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prism_fast.ranges import check_ranges, ranged
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -22,12 +24,12 @@ class SamplingParams:
     n: completions per prompt; they share ONE prefill. seed: completion j of request i draws from a stream derived
     from (seed, i, j), so results do not depend on batching; None draws a seed from torch's global RNG.
     """
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_new_tokens: int = 256
-    n: int = 1
+    temperature: float = ranged(1.0, ge=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    top_k: int = ranged(0, ge=0)
+    min_p: float = ranged(0.0, ge=0, lt=1)
+    max_new_tokens: int = ranged(256, ge=1)
+    n: int = ranged(1, ge=1)
     seed: int | None = None
     stop: list[str] | tuple[str, ...] | str | None = None
     stop_token_ids: list[int] | tuple[int, ...] | None = None
@@ -35,18 +37,7 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"SamplingParams: temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"SamplingParams: top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"SamplingParams: top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ValueError(f"SamplingParams: min_p must be in [0, 1), got {self.min_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"SamplingParams: max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.n < 1:
-            raise ValueError(f"SamplingParams: n must be >= 1, got {self.n}")
+        check_ranges(self, "SamplingParams", flags=False)  # temperature 0 = greedy; top_k 0 = off
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         if self.stop is not None and any(not s for s in self.stop):

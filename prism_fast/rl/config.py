@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prism_fast.distributed.parallelize import Config as ParallelConfig
 from prism_fast.ops.kernel_choice import KernelConfig
+from prism_fast.ranges import check_ranges, ranged
 from prism_fast.rl.losses import ADV_SCALES, AGGREGATIONS, KL_ESTIMATORS, VARIANTS
 from prism_fast.train import checkpoint as ckpt, lr_schedules, metrics, optim
 from prism_fast.train.config import ModelSection
@@ -32,9 +33,9 @@ class PromptSection:
     """Prompt JSONL files (DESIGN 10 schema) or names of bundled sets (math | code | mc); all are mixed."""
     system_prompt: str | None = None
     """Prepended as a system message to string prompts (chat template); None = the template's default."""
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = ranged(512, ge=1)
     """Longer prompts are dropped at load time (counted and logged)."""
-    limit_per_file: int = 0
+    limit_per_file: int = ranged(0, ge=0)
     """Use only the first K prompts of each file (0 = all)."""
     seed: int = 0
     """Shuffle seed of the prompt order (one permutation per epoch, identical on every rank)."""
@@ -42,8 +43,7 @@ class PromptSection:
     def __post_init__(self):
         if not self.files:
             raise ValueError("prompts.files is empty; name bundled sets (math, code, mc) or JSONL files")
-        if self.max_prompt_tokens < 1 or self.limit_per_file < 0:
-            raise ValueError("prompts.max_prompt_tokens must be >= 1 and prompts.limit_per_file >= 0")
+        check_ranges(self, "prompts")
 
     def resolved_files(self) -> list[Path]:
         out = []
@@ -57,44 +57,43 @@ class PromptSection:
 
 @dataclass(kw_only=True, slots=True)
 class RolloutSection:
-    prompts_per_step: int = 8
+    prompts_per_step: int = ranged(8, ge=1)
     """Prompts per optimizer step over all ranks (paper: 64); a multiple of the world size."""
-    group_size: int = 8
+    group_size: int = ranged(8, ge=2)
     """Samples per prompt, G (paper: 16)."""
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_batch: int = 64
+    max_new_tokens: int = ranged(256, ge=1)
+    temperature: float = ranged(1.0, gt=0)
+    top_p: float = ranged(1.0, gt=0, le=1)
+    top_k: int = ranged(0, ge=0)
+    min_p: float = ranged(0.0, ge=0, lt=1)
+    max_batch: int = ranged(64, ge=1)
     """Engine: sequences decoded at once."""
-    generate_chunks: int = 1
+    generate_chunks: int = ranged(1, ge=1)
     """Split this rank's prompts into K generate() calls (bounds the engine's cache). Sample streams are keyed by
     the prompt's index within a call, so a 1-rank run with K = W draws exactly the samples of a W-rank run."""
 
     def __post_init__(self):
-        if self.prompts_per_step < 1 or self.group_size < 2:
-            raise ValueError("rollout.prompts_per_step must be >= 1 and rollout.group_size >= 2 (group baselines)")
-        if not self.temperature > 0:
-            raise ValueError(f"rollout.temperature={self.temperature} must be > 0 (RL samples; greedy has no "
-                             f"exploration and its log-probs are not those of the policy)")
-        if self.max_new_tokens < 1 or self.max_batch < 1 or self.generate_chunks < 1:
-            raise ValueError("rollout.max_new_tokens, rollout.max_batch and rollout.generate_chunks must be >= 1")
+        # temperature > 0: RL samples (greedy has no exploration and its log-probs are not the policy's);
+        # group_size >= 2: the advantage is a group baseline
+        check_ranges(self, "rollout")
 
 
 @dataclass(kw_only=True, slots=True)
 class RewardSection:
     require_think: bool = True
     """Format gate: reward 0 unless `<think> ... </think> answer` (paper). False for models that never think."""
-    timeout_s: float = 10.0
+    timeout_s: float = ranged(10.0, gt=0)
     """Per-item wall-clock limit of a verifier (a timed-out item scores 0, reason 'timeout')."""
-    truncation_penalty: float = 0.0
+    truncation_penalty: float = ranged(0.0, ge=0)
     """Subtracted from the reward of a truncated response (a size >= 0; 0 = off)."""
-    repetition_penalty: float = 0.0
+    repetition_penalty: float = ranged(0.0, ge=0)
     """Subtracted times the share of repeated word n-grams (a size >= 0; 0 = off)."""
-    repetition_ngram: int = 3
-    num_workers: int = 0
+    repetition_ngram: int = ranged(3, ge=1)
+    num_workers: int = ranged(0, ge=0)
     """Verifier worker processes per rank (0 = the Rewarder's default)."""
+
+    def __post_init__(self):
+        check_ranges(self, "reward")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -103,17 +102,17 @@ class LossSection:
     """grpo | gspo | cispo (prism_fast.rl.losses)."""
     agg: str = "token"
     """token (paper) | seq-mean-token-mean | seq-mean-token-sum-norm (Dr.GRPO)."""
-    eps_low: float = 0.2
-    eps_high: float = 0.2
+    eps_low: float = ranged(0.2, ge=0)
+    eps_high: float = ranged(0.2, ge=0)
     """Clip range [1 - eps_low, 1 + eps_high]; 0.28 is the clip-higher option."""
-    kl_beta: float = 0.0
+    kl_beta: float = ranged(0.0, ge=0)
     """KL penalty in the loss (paper: 0.05) against the reference policy; 0 = no reference model at all."""
     kl_estimator: str = "k3"
-    tis_cap: float | None = 2.0
+    tis_cap: float | None = ranged(2.0, gt=0)
     """Truncated importance sampling cap C (paper: 2.0); None disables it."""
     adv_scale: str = "std"
     """std: (r - mean) / (std + eps) (paper); none: r - mean (Dr.GRPO)."""
-    adv_eps: float = 1e-6
+    adv_eps: float = ranged(1e-6, gt=0)
     filter_zero_std: bool = True
     """Drop groups whose G rewards are all equal (zero advantage) from the update: less compute; they still count
     in the reward metrics (zero_std_frac)."""
@@ -127,40 +126,35 @@ class LossSection:
         _one_of("loss.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _one_of("loss.adv_scale", self.adv_scale, ADV_SCALES)
         _one_of("loss.old_logprobs", self.old_logprobs, ("detached", "recompute"))
-        if self.kl_beta < 0 or self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError("loss.kl_beta, loss.eps_low and loss.eps_high must be >= 0")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError(f"loss.tis_cap={self.tis_cap} must be > 0 (or none)")
+        check_ranges(self, "loss")
 
 
 @dataclass(kw_only=True, slots=True)
 class RefSection:
-    tau: float = 0.05
+    tau: float = ranged(0.05, ge=0, le=1)
     """Polyak rate: ref = (1 - tau) * ref + tau * policy (paper: soft update, rate unstated; 0 = frozen ref)."""
-    update_every: int = 10
+    update_every: int = ranged(10, ge=1)
     """Apply the Polyak update every k optimizer steps."""
 
     def __post_init__(self):
-        if not 0.0 <= self.tau <= 1.0 or self.update_every < 1:
-            raise ValueError("ref.tau must be in [0, 1] and ref.update_every >= 1")
+        check_ranges(self, "ref")
 
 
 @dataclass(kw_only=True, slots=True)
 class RLTrainSection:
-    steps: int = 100
+    steps: int = ranged(100, ge=1)
     """Optimizer steps = rollout batches (paper: 1,000)."""
     seed: int = 0
     """Seeds sampling (per step and prompt), so a resumed run regenerates the same rollouts."""
     device: str = "auto"
     run_dir: str = "runs/rl"
-    max_tokens_per_micro: int = 4096
+    max_tokens_per_micro: int = ranged(4096, ge=1)
     """Packed tokens per forward/backward micro-batch (whole sequences; a longer one gets its own micro-batch)."""
-    threads: int = 0
+    threads: int = ranged(0, ge=0)
     keep_host_memory: bool = True
 
     def __post_init__(self):
-        if self.steps < 1 or self.max_tokens_per_micro < 1:
-            raise ValueError("train.steps and train.max_tokens_per_micro must be >= 1")
+        check_ranges(self, "train")
         _one_of("train.device", self.device, ("auto", "cpu", "cuda"))
 
 

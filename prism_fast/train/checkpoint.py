@@ -49,6 +49,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from prism_fast.checkpoint import integrity
 from prism_fast.checkpoint.integrity import MARKER
 from prism_fast.entry import UserError, rank0_result
+from prism_fast.ranges import check_ranges, ranged
 
 log = logging.getLogger(__name__)
 _STEP_RE = re.compile(r"^step-(\d+)$")
@@ -56,9 +57,9 @@ _STEP_RE = re.compile(r"^step-(\d+)$")
 
 @dataclass(kw_only=True, slots=True)
 class Config:
-    interval: int = 500
+    interval: int = ranged(500, ge=0)
     """Save every N optimizer steps (0 = only at the end / on SIGTERM)."""
-    keep_last: int = 3
+    keep_last: int = ranged(3, ge=0)
     """Keep the newest K intact checkpoints (0 = keep all); damaged ones never count toward K."""
     resume: str = "auto"
     """auto (newest intact checkpoint of this run dir, else start fresh) | none | path to a step-N (or run) dir."""
@@ -70,8 +71,7 @@ class Config:
     """On SIGTERM (preemption) all ranks agree, save a checkpoint at the current step and exit 0."""
 
     def __post_init__(self):
-        if self.interval < 0 or self.keep_last < 0:
-            raise ValueError("checkpoint.interval and checkpoint.keep_last must be >= 0")
+        check_ranges(self, "checkpoint")
         if self.export_dtype not in ("bf16", "fp32"):
             raise ValueError(f"checkpoint.export_dtype={self.export_dtype!r}; use bf16 | fp32")
 
@@ -326,9 +326,13 @@ class Checkpointer:
             ok = True
         except OSError:
             files, ok = None, False
+        except integrity.MarkerError as e:  # garbage marker: damage (resume=auto skips it), never "legacy"
+            files, ok = str(e), True
         files, ok = rank0_result(lambda: (files, ok), self.group)
         if not ok:
             return "incomplete", [f"{step_dir / MARKER}: missing or unreadable"]
+        if isinstance(files, str):
+            return "damaged", [files]
         if files is None:
             return "legacy", []
         names = sorted(files)[self.rank::self.world_size]

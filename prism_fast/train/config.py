@@ -137,6 +137,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 from prism_fast.distributed.parallelize import Config as _ParallelConfig  # noqa: E402
 from prism_fast.ops.kernel_choice import KernelConfig  # noqa: E402
+from prism_fast.ranges import check_ranges, ranged  # noqa: E402
 from prism_fast.train import checkpoint as _ckpt, lr_schedules as _sched, metrics as _metrics, optim as _optim  # noqa: E402,E501
 
 
@@ -179,21 +180,21 @@ class DataSection:
     """Where the bundled corpora are tokenized (once; reused while the tokenizer fingerprint matches)."""
     tokenizer: str | None = None
     """Tokenizer for the default corpus (HF dir or .gguf); None = the model's path (tiny: the SmolLM2 GGUF)."""
-    seq_len: int = 2048
+    seq_len: int = ranged(2048, ge=8)
     """Tokens per packed row (PRISM: 8192)."""
-    micro_batch_size: int = 1
+    micro_batch_size: int = ranged(1, ge=1)
     """Packed rows per rank per micro step (rows are concatenated into one [1, B*L] packed row for the model)."""
     packing: str = "concat"
     """concat (concat-and-chunk with document masking) | bfd (best-fit-decreasing: long-context phase)."""
-    bfd_overlap: int = 0
+    bfd_overlap: int = ranged(0, ge=0)
     """packing=bfd: documents longer than seq_len become chunks of seq_len overlapping by this many tokens."""
-    min_doc_tokens: int = 0
+    min_doc_tokens: int = ranged(0, ge=0)
     """packing=bfd: drop training documents shorter than this (long-context phase: short-document filtering)."""
     loss_mask_prompt: bool = False
     seed: int = 0
-    val_every: int = 0
+    val_every: int = ranged(0, ge=0)
     """Held-out validation loss per domain every N steps (0 = only at start and end if val_batches > 0)."""
-    val_batches: int = 4
+    val_batches: int = ranged(4, ge=0)
     """Validation rows per domain (split across ranks). 0 disables validation."""
     verify_checksums: bool = True
     """At start, read every shard byte against the CRC-32s in its meta.json (split across ranks) and refuse a
@@ -205,10 +206,7 @@ class DataSection:
         if (self.mixture == "custom") != bool(self.sources):
             raise ValueError("data.sources must be given exactly when data.mixture=custom, e.g. "
                              "--data.sources='[{\"path\": \"shards/web\", \"weight\": 1.0, \"domain\": \"general\"}]'")
-        if self.seq_len < 8:
-            raise ValueError(f"data.seq_len={self.seq_len} is too small (>= 8)")
-        if self.micro_batch_size < 1:
-            raise ValueError("data.micro_batch_size must be >= 1")
+        check_ranges(self, "data")
         if self.packing not in ("concat", "bfd"):
             raise ValueError(f"data.packing={self.packing!r}; use concat | bfd")
         if (self.bfd_overlap or self.min_doc_tokens) and self.packing != "bfd":
@@ -236,9 +234,9 @@ class DataSection:
 
 @dataclass(kw_only=True, slots=True)
 class TrainSection:
-    steps: int = 100
+    steps: int = ranged(100, ge=1)
     """Optimizer steps (PRISM: 25,000)."""
-    global_batch_size: int = 8
+    global_batch_size: int = ranged(8, ge=1)
     """Packed rows of data.seq_len tokens per optimizer step, over all ranks (PRISM: 128 x 8192 tokens).
     Must be a multiple of data.micro_batch_size x world size; the quotient is the gradient-accumulation count."""
     seed: int = 0
@@ -246,11 +244,11 @@ class TrainSection:
     """auto (cuda if available) | cpu | cuda."""
     run_dir: str = "runs/midtrain"
     """Checkpoints, metrics.jsonl, config.json and the export go here."""
-    max_nonfinite: int = 3
+    max_nonfinite: int = ranged(3, ge=1)
     """Stop after this many consecutive non-finite steps (each is skipped, not applied)."""
-    threads: int = 0
+    threads: int = ranged(0, ge=0)
     """torch intra-op threads per rank (0 = torch default)."""
-    dist_timeout_s: int = 1800
+    dist_timeout_s: int = ranged(1800, ge=1)
     """Process-group timeout: a collective waiting longer than this for a hung or dead rank fails (one line,
     exit 1) instead of hanging. torchrun stops the other ranks as soon as one dies; this covers hung ranks."""
     trainable: str = "all"
@@ -262,10 +260,7 @@ class TrainSection:
     its peak instead of shrinking between steps."""
 
     def __post_init__(self):
-        if self.steps < 1 or self.global_batch_size < 1:
-            raise ValueError("train.steps and train.global_batch_size must be >= 1")
-        if self.dist_timeout_s < 1:
-            raise ValueError(f"train.dist_timeout_s={self.dist_timeout_s} must be >= 1 (seconds)")
+        check_ranges(self, "train")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device={self.device!r}; use auto | cpu | cuda")
         if self.trainable not in ("all", "attention"):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from prism_fast.ranges import check_ranges, ranged
+
 SCHEDULES = ("cosine", "wsd", "linear", "exponential", "constant")
 
 
@@ -28,15 +30,15 @@ SCHEDULES = ("cosine", "wsd", "linear", "exponential", "constant")
 class Config:
     name: str = "cosine"
     """One of cosine | wsd | linear | exponential | constant."""
-    warmup_steps: int = 0
+    warmup_steps: int = ranged(0, ge=0)
     """Linear warmup steps (PRISM mid-training: 500; long-context repair: 100)."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1)
     """Floor as a fraction of the peak lr (PRISM cosine: 0.1)."""
-    decay_fraction: float = 0.1
+    decay_fraction: float = ranged(0.1, gt=0, le=1)
     """wsd only: fraction of the total steps spent decaying."""
     decay_shape: str = "linear"
     """wsd only: linear | cosine | sqrt."""
-    exp_rate: float = 5.0
+    exp_rate: float = ranged(5.0, gt=0)
     """exponential only: rate k of the shifted exponential."""
 
     def __post_init__(self):
@@ -44,12 +46,7 @@ class Config:
             raise ValueError(f"schedule.name={self.name!r} is not known; use one of {list(SCHEDULES)}")
         if self.decay_shape not in ("linear", "cosine", "sqrt"):
             raise ValueError(f"schedule.decay_shape={self.decay_shape!r}; use linear | cosine | sqrt")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"schedule.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup_steps < 0:
-            raise ValueError("schedule.warmup_steps must be >= 0")
-        if not 0.0 < self.decay_fraction <= 1.0:
-            raise ValueError("schedule.decay_fraction must be in (0, 1]")
+        check_ranges(self, "schedule")
 
     def build(self, total_steps: int) -> "Schedule":
         if total_steps <= self.warmup_steps:

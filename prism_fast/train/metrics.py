@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from prism_fast.ranges import check_ranges, ranged
+
 log = logging.getLogger(__name__)
 MFU_FORMULA = ("tokens_per_s_per_device * (6*N_nonembed + 12*n_attn_layers*n_heads*head_dim*seq_len/2) "
                "/ peak_flops_per_device")
@@ -31,17 +33,16 @@ _PEAK_BF16 = [("H200", 989.5e12), ("H100 PCIe", 756e12), ("H100", 989.5e12), ("H
 
 @dataclass(kw_only=True, slots=True)
 class Config:
-    log_every: int = 10
+    log_every: int = ranged(10, ge=1)
     """Log (and host-sync) every N steps; the only place the loop calls .item()."""
     tensorboard: bool = False
     """Also write TensorBoard event files to <run>/tb (needs the tensorboard package)."""
     progress_bar: bool = True
-    peak_tflops: float | None = None
+    peak_tflops: float | None = ranged(None, gt=0)
     """Peak dense TFLOP/s per device for MFU; None = look up the GPU (null MFU on CPU)."""
 
     def __post_init__(self):
-        if self.log_every < 1:
-            raise ValueError("metrics.log_every must be >= 1")
+        check_ranges(self, "metrics")
 
 
 def peak_flops(device: torch.device, override_tflops: float | None, fp8: bool = False) -> float | None:

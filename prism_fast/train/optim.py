@@ -17,27 +17,28 @@ from dataclasses import dataclass
 
 import torch
 
+from prism_fast.ranges import check_ranges, ranged
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True, slots=True)
 class Config:
-    lr: float = 5e-5
+    lr: float = ranged(5e-5, gt=0)
     """Peak learning rate (PRISM Table 16: 5e-5)."""
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-10
-    grad_clip: float = 1.0
+    weight_decay: float = ranged(0.1, ge=0)
+    betas: tuple[float, float] = ranged((0.9, 0.95), ge=0, lt=1)
+    eps: float = ranged(1e-10, gt=0)
+    grad_clip: float = ranged(1.0)
     """Max global grad norm (paper: unstated; 1.0 ours). <= 0 disables clipping (the norm is still computed)."""
     fused: bool = True
     """Use the fused AdamW kernel (CUDA and CPU). Needed for the sync-free non-finite skip."""
     no_decay_embeddings: bool = False
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr} must be > 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        if len(self.betas) != 2:
             raise ValueError(f"optim.betas={self.betas} must be two numbers in [0, 1)")
+        check_ranges(self, "optim")
 
     def build(self, model: torch.nn.Module) -> "AdamW":
         return AdamW(model, self)

@@ -177,24 +177,28 @@ def test_crash_leaves_no_complete_looking_shard(tmp_path, smol_dir):
     good = [{"text": f"document number {i} " * 5} for i in range(600)]
     src = _jsonl(tmp_path / "a.jsonl", good)
     prepare([src], smol_dir, str(tmp_path / "out"))  # an old, complete shard
-    # 1) an error after some batches were written: partial files are removed, the old shard is not "complete"
+    old_meta = open_shard(tmp_path / "out").meta
+    # 1) an error after some batches were written: the staged files are removed, the old shard is untouched
     bad = tmp_path / "b.jsonl"
     bad.write_text(open(src).read() + "{broken\n")
     with pytest.raises(BadInputError):
         prepare([str(bad)], smol_dir, str(tmp_path / "out"))
-    with pytest.raises(ValueError, match="meta.json is missing"):
-        open_shard(tmp_path / "out")
-    # 2) SIGKILL mid-run: meta.json never appears, partial files are reported
+    assert open_shard(tmp_path / "out").meta == old_meta
+    assert not list(tmp_path.glob(".out.*"))
+    # 2) SIGKILL mid-run: the shard was being staged beside --out, so --out never appears (a stale hidden
+    # staging directory stays behind, holding only partial files that open_shard refuses)
     big = _jsonl(tmp_path / "big.jsonl", good * 40)
     proc = subprocess.Popen([sys.executable, "-m", "prism_fast.data", "prepare", "--input", big, "--tokenizer",
                              smol_dir, "--out", str(tmp_path / "k")], stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not (tmp_path / "k" / "tokens.bin.partial").exists() and time.time() < deadline:
+    while not list(tmp_path.glob(".k.*.partial/tokens.bin.partial")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert not (tmp_path / "k").exists()
+    (stage,) = tmp_path.glob(".k.*.partial")
     with pytest.raises(ValueError, match="partial files"):
-        open_shard(tmp_path / "k")
+        open_shard(stage)
 
 
 def test_truncated_or_corrupt_files_are_rejected(tmp_path):

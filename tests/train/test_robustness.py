@@ -20,8 +20,9 @@ def _base(tmp_path, hf_tokenizer_dir):
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path, hf_tokenizer_dir):
-    # lr = inf: the first update makes every weight non-finite, so every later loss / grad norm is NaN.
-    p = _runs.run(None, _base(tmp_path, hf_tokenizer_dir) + ["--optim.lr=inf", "--train.max_nonfinite=2",
+    # lr = 1e30 (inf itself is refused at config build): the first update sends the weights to ~1e30, so every
+    # later forward overflows and every later loss / grad norm is NaN.
+    p = _runs.run(None, _base(tmp_path, hf_tokenizer_dir) + ["--optim.lr=1e30", "--train.max_nonfinite=2",
                                                              "--checkpoint.interval=0"], check=False)
     assert p.returncode != 0
     log = p.stdout + p.stderr
