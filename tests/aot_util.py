@@ -14,7 +14,8 @@ and every integer that is a multiple of 16 with the attribute tt.divisibility=16
 argument equal to 1 into a constant (unit strides: "constexprs"). Without that specialization the compiler
 cannot prove aligned, vectorizable accesses, does not pipeline the loads through cp.async, and reports 1.3-2x
 less shared memory than the launched kernel uses (measured on the attention kernels with Triton 3.6 / 3.9).
-Each record says ok / error, cubin size, shared memory (bytes) and, from `ptxas -v` on the kernel's PTX (the
+Each record says ok / error, seconds of triton.compile (compile_s: a cold-cache figure when TRITON_CACHE_DIR is
+fresh), cubin size, shared memory (bytes) and, from `ptxas -v` on the kernel's PTX (the
 ptxas Triton ships), registers per thread and spill bytes (stores + loads), and with want_ir=True the TTGIR
 text (tests/kernels/test_dot_precision.py reads the dot precision from it).
 This is the one AOT helper of the test suite: the kernel tests of every package build their specs with it.
@@ -29,7 +30,7 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import hashlib, importlib, json, os, re, subprocess, sys, tempfile, traceback
+import hashlib, importlib, json, os, re, subprocess, sys, tempfile, time, traceback
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
@@ -72,8 +73,10 @@ for spec in specs:
         try:
             src = ASTSource(fn=fn, signature=spec["signature"], constexprs=spec.get("constexprs", {}), attrs=attrs)
             opts = {k: spec[k] for k in ("num_warps", "num_stages") if k in spec}
+            t0 = time.perf_counter()
             k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
             rec.update(ok=True, cubin_bytes=len(k.asm["cubin"]), shared=k.metadata.shared, triton=triton.__version__,
+                       compile_s=round(time.perf_counter() - t0, 2),
                        **ptxas_info(k.asm["ptx"], arch))
             if spec.get("want_ir"):
                 rec["ttgir"] = k.asm["ttgir"]

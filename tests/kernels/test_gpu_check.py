@@ -72,3 +72,26 @@ def test_gpu_check_dry_run_mirrors_the_device(tmp_path):
     with tarfile.open(tmp_path / "out" / copied[1]) as tar:
         names = tar.getnames()
     assert any(n.endswith("/report.md") for n in names) and any(n.endswith("/log.txt") for n in names), names
+
+
+@pytest.mark.slow
+def test_gpu_check_returns_results_when_terminated(tmp_path):
+    """SIGTERM in the middle of a phase (the device tool's limit, a user's ^C): the phase is stopped, the report
+    says so, and the report + tarball in $GPU_CHECK_OUT hold everything up to that point."""
+    import signal
+    import time
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_RESULTS=str(tmp_path / "results"), GPU_CHECK_OUT=str(out))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen(["bash", "bench/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out.exists() and list(out.glob("*.tgz"))) and time.time() < deadline:   # first phase packed
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    report = next(out.glob("*.md")).read_text()
+    assert "**interrupted by signal TERM" in report and "### peers" in report, report[-2000:]
+    with tarfile.open(next(out.glob("*.tgz"))) as tar:
+        packed = tar.extractfile(next(n for n in tar.getnames() if n.endswith("/report.md"))).read().decode()
+    assert "interrupted by signal TERM" in packed
