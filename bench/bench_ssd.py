@@ -8,7 +8,7 @@ the chunked pure-PyTorch reference), "naive" (ssd_scan_naive, CPU only, forward 
 "mamba_ssm" (mamba_chunk_scan_combined, when installed). Ratios are to "torch" and to "mamba_ssm".
 TFLOP/s counts the forward's matmul work with the causal half of the intra-chunk products:
     B T (L G N + 4 H P N + L H P)  (x 2 flops per multiply-add already folded in; backward ~2x forward).
-    python bench/bench_ssd.py --device cuda --quick --mamba-configs 2      (GPU check: bf16, 8k tokens)
+    python bench/bench_ssd.py --device cuda --quick --mamba-configs 1 --shapes granite-4.0-h-micro   (GPU check)
 --mamba-configs N keeps the first N of each mamba-ssm Triton kernel's autotune configs (~140 per key otherwise:
 minutes of compiling); its rows are then provider "mamba_ssm_untuned", a lower bound on mamba-ssm's speed.
     python bench/bench_ssd.py --device cpu --quick       (CPU: fp32, 512 tokens, torch chunked vs naive)
@@ -123,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer repetitions; plain rows only on CPU")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--mamba-configs", type=int, default=0, help="cut mamba-ssm's autotune to N configs per kernel")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {', '.join(SHAPES)}")
     args = parse_args(ap, argv)
     device = torch.device(args.device)
     T = args.tokens or (8192 if device.type == "cuda" else 512)
@@ -137,7 +138,8 @@ def main(argv=None):
     all_rows = StreamRows("ssd_chunk_scan", overwrite=args.overwrite)
     print(f"{'shape':22s} {'packed':6s} {'provider':10s} {'mode':8s} {'ms p50':>10s} {'x torch':>8s} "
           f"{'x mamba':>8s} {'MiB':>8s} {'TFLOP/s':>8s}")
-    for name, shape in SHAPES.items():
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
         table = bench_shape(name, shape, T, device, dtype, reps, packs, all_rows, mamba_label)
         base = {(r[1], r[3], r[2]): r[4] for r in table}
         for (n, packed, prov, mode, ms, mem, tf) in table:

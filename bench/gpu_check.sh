@@ -151,13 +151,15 @@ PYTEST=("$PY" -m pytest -p no:cacheprovider -o addopts="" -rs)
 T_SHORT=() T_LONG=()
 if (cd "$STAGE" && "$PY" -c "import pytest_timeout" 2>/dev/null); then T_SHORT=(--timeout 60); T_LONG=(--timeout 90)
 else say "- pytest-timeout missing: tests run without a per-test limit (carry bench/wheelhouse)"; fi
-# The fast bf16 subset (~35 tests): every kernel family (attention fwd+bwd at head dims 64 and 128, decode, fused
-# CE and log-probs, SSD, conv1d Triton + CUDA, state update, the hybrid models, no host syncs); the fp32 FMA-path
-# kernels (15-90 s of compile each) and the mamba-ssm / transformers comparisons wait for the optional rest.
-FAST='bf16_error_budget and not 80 and not 96 or cuda_library_sees or rows_beyond or large_pack or conv1d_update_cuda or state_update_triton or no_device_to_host'
+# The fast bf16 subset (14 tests, ~35 Triton compiles: docs/gpu_check.md): every kernel family once -- attention
+# fwd+bwd at head dims 64 and 128 (GQA 4, causal, and the 8k bench pack), decode (paged and not),
+# fused CE and log-probs, SSD (chunk 256), conv1d (Triton and the CUDA library), the Mamba state update. The
+# other dims and GQA shapes, the fp32 FMA-path kernels (15-90 s of compile each), the models and the
+# mamba-ssm / transformers comparisons wait for the optional rest.
+FAST='varlen_bf16_error_budget and (window0-64 or window0-128) or large_pack or decode_bf16_error_budget and 128 or ce_bf16_error_budget[mean-triton] or logprobs_bf16_error_budget[triton] or ssd_triton_bf16_error_budget[256-1] or conv1d_bf16 or state_update_triton_on_cuda[dtype1] or cuda_library_sees or conv1d_update_cuda'
 say ""
 say "## Phases (budget ${BUDGET} s)"
-phase "peers (Liger-Kernel, mamba-ssm sdist, einops, FlexAttention)" 20 "$PY" bench/peers.py --dest "$PEERS" --check
+phase "peers (Liger-Kernel, mamba-ssm sdist, einops, FlexAttention)" 30 "$PY" bench/peers.py --dest "$PEERS" --check
 # Dry run: import every bench module (their mains sit behind __name__ guards) from the stage.
 IMPORT_BENCHES='
 import importlib.util, pathlib, sys
@@ -180,13 +182,13 @@ if [ $DRY -eq 1 ]; then
   phase "import every bench" 60 "$PY" -c "$IMPORT_BENCHES"
 else
   phase "native build (CUDA library only)" 45 bash -c build_native
-  phase "tests/gpu: fast bf16 subset" 110 "${PYTEST[@]}" -v --durations=15 "${T_SHORT[@]}" tests/gpu -k "$FAST"
+  phase "tests/gpu: fast bf16 subset" 120 "${PYTEST[@]}" -v --durations=15 "${T_SHORT[@]}" tests/gpu -k "$FAST"
 fi
-phase "attention core: triton vs torch / SDPA padded / flash_attn; decode" 60 \
+phase "attention core: triton vs torch / SDPA padded / flash_attn; decode" 45 \
   "$PY" bench/bench_attention.py --device cuda --quick --providers core --overwrite
-phase "ssd: triton vs torch / mamba_ssm (sdist Triton kernels, untuned: 2 configs)" 60 \
-  "$PY" bench/bench_ssd.py --device cuda --quick --mamba-configs 2 --overwrite
-phase "fused loss: triton vs torch / Liger-Kernel" 45 \
+phase "ssd: triton vs torch / mamba_ssm (sdist Triton kernels, untuned: 1 config), granite-4.0-h shape" 60 \
+  "$PY" bench/bench_ssd.py --device cuda --quick --mamba-configs 1 --shapes granite-4.0-h-micro --overwrite
+phase "fused loss: triton vs torch / Liger-Kernel" 35 \
   "$PY" bench/bench_fused_loss.py --device cuda --quick --overwrite
 phase "mid-training MFU: ~1B dense + ~1B hybrid, random weights" 90 \
   "$PY" bench/bench_mfu.py --device cuda --quick --kernels "${GPU_CHECK_KERNELS:-}" --overwrite

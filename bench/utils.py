@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -38,6 +39,8 @@ def parse_args(ap, argv=None):
               f"(prism_fast from {Path(prism_fast.__file__).parent})")
         sys.exit(0)
     atexit.register(write_kernel_stats, Path(sys.argv[0]).stem)
+    # a phase's `timeout` ends the bench with SIGTERM: exit through atexit so kernels.csv is still written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return args
 
 

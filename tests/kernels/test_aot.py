@@ -59,8 +59,9 @@ _SSD_FP32 = ("DT_OUT_ptr", "DA_CS_ptr", "CB_ptr", "DCB_ptr", "STATES_ptr", "S_IN
 SSD_SIG = dict(fp32_ptrs=_SSD_FP32, int_ptrs=("SEG_ptr",), floats=("dt_min", "dt_max"))
 
 
-def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = True) -> list[dict]:
-    """Every SSD stage with the launchers' tiles for chunk L, head dim P, state N (Granite-4.0-H / Nemotron-H)."""
+def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = True, jit: bool = True) -> list[dict]:
+    """Every SSD stage with the launchers' tiles for chunk L, head dim P, state N (Granite-4.0-H / Nemotron-H);
+    jit=False: without the launch-time specialization (kernel_spec)."""
     m = "prism_fast.kernels."
     dot = dict(DOT_MODE=1 if lowp else 0)
     b64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, HAS_SEQ=True, **dot)
@@ -86,7 +87,8 @@ def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = Tr
     opts = _opts(configs.rows(configs.SSD, tgt)[0][1])
     cumsum = _opts(configs.rows(configs.SSD_CUMSUM, tgt)[0][1])
     return [kernel_spec(m + mod, k, "*bf16" if lowp else "*fp32", c, **(cumsum if "cumsum" in k else opts),
-                        unit=ssd_unit_strides(m + mod, k, c), **SSD_SIG) for mod, k, c in table]
+                        unit=ssd_unit_strides(m + mod, k, c) if jit else (), jit=jit, **SSD_SIG)
+            for mod, k, c in table]
 
 
 def ssd_unit_strides(module: str, kernel: str, constexprs: dict) -> tuple:
