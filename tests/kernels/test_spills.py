@@ -1,13 +1,14 @@
 """No register spills at the launch configurations a Hopper GPU runs: every sm_90 row of kernels/configs.py
 (attention forward, dK/dV whole-group and one-head-per-program, dQ, decode), every SSD stage, both causal
 conv1d kernels and the fused-loss row kernels, compiled for sm_90a as the JIT specializes them at a launch on
-contiguous tensors (tests/aot_util.py), must use at most 255 registers per thread with 0 bytes of spill stores
-and loads (`ptxas -v`). A spill moves a tile of the hot loop to local memory (L1 / L2 traffic on every
-iteration); the table rows were retuned until none spills (the reason of each change is in configs.py).
+contiguous tensors (tests/aot_util.py), must compile with 0 bytes of spill stores and loads (`ptxas -v`). A
+spill moves a tile of the hot loop to local memory (L1 / L2 traffic on every iteration); the table rows were
+retuned until none spills (the reason of each change is in configs.py).
 
-The fp32 (FMA-path) variants the GPU tests compile are checked for compiling and fitting shared memory only:
-they are correctness paths, not hot ones, and spill at the bf16 tiles (docs/gpu_check.md lists them).
-Each kernel costs ~2-60 s of ptxas on a cold cache, so the module is marked slow.
+Not covered: the fp32 (FMA-path) attention variants the fp32 GPU tests launch at these rows. They are
+correctness paths, not hot ones, and each takes 15-90 s to compile on an idle core (218 s measured for one at
+load ~9 here): 16 of them do not fit the make-test budget. Each hot kernel costs ~1-25 s of compile + ptxas on a
+cold cache, so the module is marked slow.
 """
 import pytest
 
@@ -71,13 +72,4 @@ def test_sm90_rows_compile_without_spills():
     assert_all_compiled(recs)
     assert_fits_shared_memory(recs, LIMITS)
     assert_no_spills(recs)
-    assert all(r["n_regs"] <= 255 for r in recs)
 
-
-@pytest.mark.slow
-def test_sm90_fp32_test_configs_compile_and_fit():
-    """The FMA-path attention kernels the fp32 GPU tests launch at the sm_90 rows: they compile and fit."""
-    recs = aot_compile(attention_specs("sm90", lowp=False), archs=(90,))
-    print("\n" + format_table(recs))
-    assert_all_compiled(recs)
-    assert_fits_shared_memory(recs, LIMITS)
