@@ -11,12 +11,14 @@ bf16 on GPU. Providers, side by side in one run:
   flex         torch FlexAttention (torch.compile'd) with a document-causal block mask built from the document ids:
                PyTorch's own answer to varlen attention (GPU only; the block mask is built once per pack, outside
                the timing, as a training loop would per batch)
+--providers core: torch, sdpa_padded, triton, flash_attn (no torch.compile: the GPU check's first attention
+phase); --providers flex: FlexAttention alone (with --sweep: the GPU check's optional phase); default all.
 --sweep (GPU) also times the Triton forward under each kernels/configs.py ATTN_FWD_SWEEP config next to the
 table's pick (rows provider "triton_cfg:<BLOCK_M>x<BLOCK_N>w<warps>s<stages>"), to confirm or change the table.
 TFLOP/s count useful FLOPs only, causal half counted once: fwd = 4 * H * Dh * sum_d L_d (L_d + 1) / 2,
 fwd+bwd = 3.5 x fwd (FlashAttention convention). Padded SDPA is charged the same useful FLOPs.
 Decode: B sequences with cache lengths spread over [1, S], one token each; GB/s = K/V bytes read / time.
-    python bench/bench_attention.py --device cuda --quick      (GPU check, ~1 min)
+    python bench/bench_attention.py --device cuda --quick --providers core      (GPU check, core phase)
     python bench/bench_attention.py --device cpu --quick       (CPU: 1k-token packs, H 8/2, fp32, labelled)
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, parse_args, row, time_fn  # noqa: E402
+from utils import StreamRows, device_name, measure, parse_args, row, time_fn  # noqa: E402
 
 from prism_fast.ops import varlen_attention  # noqa: E402
 from prism_fast.ops._dispatch import has_module  # noqa: E402
@@ -97,13 +99,15 @@ def flex_document_attention(lens, H, device):
     return f
 
 
-def providers(device) -> list[str]:
+def providers(device, which: str = "all") -> list[str]:
+    if which == "flex":
+        return ["flex"] if device.type == "cuda" else []
     out = ["torch", "sdpa_padded"]
     if device.type == "cuda" and has_module("triton"):
         out.append("triton")
     if device.type == "cuda" and has_module("flash_attn"):
         out.append("flash_attn")
-    if device.type == "cuda":
+    if device.type == "cuda" and which == "all":
         out.append("flex")
     return out
 
@@ -131,7 +135,7 @@ def bench_varlen(args, device, dtype, rows, table):
         cfg = dict(tokens=tokens, n_docs=len(lens), max_doc=max(lens), H=H, Hkv=Hkv, Dh=Dh, seed=seed,
                    dtype=str(dtype).removeprefix("torch."), causal=True, flops="useful, causal half counted once")
         base = None
-        plan = [(p, None) for p in providers(device)]
+        plan = [(p, None) for p in providers(device, args.providers)]
         if args.sweep and device.type == "cuda":
             plan += [(name, c) for name, c in sweep_configs(device)]
         for prov, sweep_cfg in plan:
@@ -153,9 +157,10 @@ def bench_varlen(args, device, dtype, rows, table):
             except Exception as e:               # a provider that fails is reported, not fatal (GPU check)
                 print(f"  {prov}: FAILED {type(e).__name__}: {str(e)[:200]}")
                 continue
-            if base is None:
+            if base is None:                     # max|diff| is to the first provider of this run
                 base = out.detach().float()
             err = (out.detach().float() - base).abs().max().item()
+            print(f"  {prov}: max|diff| {err:.2e} vs {plan[0][0]}", flush=True)
 
             def fwd():
                 with torch.no_grad():
@@ -185,6 +190,8 @@ def bench_decode(args, device, dtype, rows, table):
     seqlens = torch.randint(1, S + 1, (B,), generator=g).to(device)
     kv_bytes = 2 * int(seqlens.sum()) * Hkv * Dh * kc.element_size()
     cfg = dict(B=B, H=H, Hkv=Hkv, Dh=Dh, cache=S, dtype=str(dtype).removeprefix("torch."))
+    if args.providers == "flex":
+        return
     names = ["torch"] + (["triton"] if device.type == "cuda" and has_module("triton") else [])
     base = None
     for prov in names:
@@ -204,6 +211,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer packs and repetitions")
     ap.add_argument("--overwrite", action="store_true", help="replace earlier rows of the same key in the CSV")
     ap.add_argument("--sweep", action="store_true", help="GPU: also time the Triton forward per candidate config")
+    ap.add_argument("--providers", default="all", choices=["all", "core", "flex"],
+                    help="core: no torch.compile'd FlexAttention; flex: FlexAttention alone")
     a = parse_args(ap)
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -212,15 +221,16 @@ def main():
     a.warmup, a.reps = (3, 10 if a.quick else 30) if cuda else (2, 3 if a.quick else 15)
     a.decode_batch, a.decode_cache = (64, 4096) if cuda else (8, 512)
     dtype = torch.bfloat16 if cuda else torch.float32
-    rows, table = [], []
+    rows, table = StreamRows("attention", overwrite=a.overwrite), []
     bench_varlen(a, device, dtype, rows, table)
     bench_decode(a, device, dtype, rows, table)
-    path = append_rows("attention", rows, overwrite=a.overwrite)
+    path = rows.path
     print(f"# attention on {device_name(device)}, {str(dtype)[6:]}, packs of {a.tokens} tokens, "
           f"H {a.heads}/{a.kv_heads}, Dh {a.head_dim}, causal; FLOPs: useful, causal half counted once")
     print(f"{'case':<34}{'provider':<31}{'mode':<9}{'ms p50':>10}{'TFLOP/s|GB/s':>14}{'MiB':>9}{'vs torch':>10}"
           f"{'max|diff|':>11}")
     ref = {(c, m): t for c, p, m, t, *_ in table if p == "torch"}
+    ref.update({k: float("nan") for c, p, m, *_ in table if (k := (c, m)) not in ref})
     for case, prov, mode, ms, rate, mem, err in table:
         mem_s = "-" if mem is None else f"{mem:.0f}"
         print(f"{case:<34}{prov:<31}{mode:<9}{ms:>10.3f}{rate:>14.3g}{mem_s:>9}{ref[(case, mode)] / ms:>9.2f}x"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, parse_args, row  # noqa: E402
+from utils import StreamRows, device_name, measure, parse_args, row  # noqa: E402
 
 from prism_fast.ops import causal_conv1d  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -37,14 +37,14 @@ def _providers(device):
     return out + (["causal_conv1d"] if has_module("causal_conv1d") else [])
 
 
-def bench_shape(name, C, T, device, dtype, reps, packs):
+def bench_shape(name, C, T, device, dtype, reps, packs, rows):
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(1, T, C, generator=g).to(device, dtype).transpose(1, 2)      # channels-last [1, C, T]
     w = torch.randn(C, WIDTH, generator=g).to(device, dtype)
     b = torch.randn(C, generator=g).to(device, dtype)
     seq = (torch.arange(T, device=device) // max(T // 8, 1)).clamp(max=7).to(torch.int32)[None]
     elt = x.element_size()
-    rows, table = [], []
+    table = []
     for packed in packs:
         cfg = dict(channels=C, width=WIDTH, tokens=T, dtype=str(dtype).removeprefix("torch."), model=name,
                    packed=packed, layout="channels_last", activation="silu")
@@ -68,7 +68,7 @@ def bench_shape(name, C, T, device, dtype, reps, packs):
                                  device=device)]
                 table.append((name, packed, prov, mode, p50, gbs))
                 print(f"  measured {name} packed={packed} {prov} {mode}: {p50:.3f} ms", flush=True)
-    return rows, table
+    return table
 
 
 def main(argv=None):
@@ -86,17 +86,16 @@ def main(argv=None):
           f"{str(dtype)[6:]}, torch {torch.__version__}")
     print(f"{'shape':22s} {'packed':6s} {'provider':14s} {'mode':8s} {'ms p50':>9s} {'x torch':>8s} "
           f"{'x c_c1d':>8s} {'GB/s':>8s}")
-    all_rows = []
+    all_rows = StreamRows("causal_conv1d", overwrite=args.overwrite)
     for name, C in SHAPES.items():
-        rows, table = bench_shape(name, C, args.tokens, device, dtype, reps, (False, True))
-        all_rows += rows
+        table = bench_shape(name, C, args.tokens, device, dtype, reps, (False, True), all_rows)
         base = {(r[1], r[3], r[2]): r[4] for r in table}
         for (n, packed, prov, mode, ms, gbs) in table:
             t_ref, c_ref = base.get((packed, mode, "torch")), base.get((packed, mode, "causal_conv1d"))
             ratio = f"{t_ref / ms:8.2f}" if t_ref else f"{'-':>8s}"
             cratio = f"{c_ref / ms:8.2f}" if c_ref else f"{'-':>8s}"
             print(f"{n:22s} {str(packed):6s} {prov:14s} {mode:8s} {ms:9.3f} {ratio} {cratio} {gbs:8.3f}")
-    path = append_rows("causal_conv1d", all_rows, overwrite=args.overwrite)
+    path = all_rows.path
     print(f"# x torch / x c_c1d: speedup over torch / the causal-conv1d package in this run. Rows: {path}")
 
 

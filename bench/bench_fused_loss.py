@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from utils import append_rows, device_name, parse_args, peak_memory_mb, row, sync, time_fn  # noqa: E402
+from utils import StreamRows, device_name, parse_args, peak_memory_mb, row, sync, time_fn  # noqa: E402
 
 from prism_fast.ops import fused_linear_cross_entropy, fused_linear_logprobs  # noqa: E402
 from prism_fast.ops._dispatch import has_module  # noqa: E402
@@ -87,14 +87,14 @@ def _mode_fn(f, mode, h, w):
     return run
 
 
-def bench_one(op, shape, providers, device, dtype, warmup, reps):
+def bench_one(op, shape, providers, device, dtype, warmup, reps, rows):
     n, d, v = shape
     gen = torch.Generator(device=device).manual_seed(0)
     h = torch.randn(n, d, device=device, dtype=dtype, generator=gen).requires_grad_(True)
     w = (torch.randn(v, d, device=device, generator=gen) * d ** -0.5).to(dtype).requires_grad_(True)
     y = torch.randint(0, v, (n,), device=device, generator=gen)
     cfg = {"N": n, "D": d, "V": v, "dtype": str(dtype).replace("torch.", "")}
-    rows, table = [], []
+    table = []
     for mode in ("forward", "full"):
         flops = (2 if mode == "forward" else 6) * n * d * v
         for p in providers:
@@ -116,7 +116,7 @@ def bench_one(op, shape, providers, device, dtype, warmup, reps):
             rows.append(row(op, p, mode, "throughput", "TFLOP/s", n, flops / p50 / 1e9, config=cfg,
                             device=device))
             table.append((mode, p, p50, mem, flops / p50 / 1e9))
-    return rows, table
+    return table
 
 
 def print_table(op, shape, table):
@@ -154,17 +154,16 @@ def main(argv=None):
     print(f"machine: {device_name(args.device)}; torch {torch.__version__}; dtype {dtype}")
     ops = {"ce": ["fused_linear_cross_entropy"], "logprobs": ["fused_linear_logprobs"],
            "both": ["fused_linear_cross_entropy", "fused_linear_logprobs"]}[args.op]
-    all_rows = []
+    all_rows = StreamRows("fused_loss", overwrite=args.overwrite)
     for op in ops:
         providers = ["unfused", "torch"] + (["triton"] if cuda else [])
         if cuda and op == "fused_linear_cross_entropy" and has_module("liger_kernel"):
             providers.append("liger")
         for shape in (shapes if op == "fused_linear_cross_entropy" else shapes[:1]):
-            rows, table = bench_one(op, shape, providers, args.device, dtype, warmup, reps)
+            table = bench_one(op, shape, providers, args.device, dtype, warmup, reps, all_rows)
             sync(args.device)
             print_table(op, shape, table)
-            all_rows += rows
-    path = append_rows("fused_loss", all_rows, overwrite=args.overwrite)
+    path = all_rows.path
     print(f"\nrows appended to {path}")
 
 

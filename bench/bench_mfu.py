@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, parse_args, row  # noqa: E402
+from utils import StreamRows, device_name, parse_args, row  # noqa: E402
 
 from prism_fast.models import build_model  # noqa: E402
 from prism_fast.models.config import tiny_config  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv=None):
     label = device_name(device)
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in label), None)
     kernels = parse_kernels(args.kernels)
-    rows = []
+    rows = StreamRows("mfu", overwrite=args.overwrite)
     print(f"# mid-training step on {label}, {args.tokens} tokens/step in documents of {args.doc}, "
           f"{str(dtype)[6:]}, kernels {kernels or 'auto'}; MFU vs {peak} TFLOP/s dense bf16")
     print(f"{'model':<11}{'params':>9}{'s/step':>9}{'tok/s':>10}{'TFLOP/s':>9}{'MFU':>7}  kernels")
@@ -149,7 +149,7 @@ def main(argv=None):
                  row("midtrain_mfu", name, "train_step", "mfu", "fraction", args.tokens, mfu, config=cfg,
                      device=device)]
         print(f"{name:<11}{params / 1e9:>8.2f}B{sec:>9.3f}{tok_s:>10.0f}{flops / 1e12:>9.1f}{mfu:>7.1%}  {chosen}")
-    path = append_rows("mfu", rows, overwrite=args.overwrite)
+    path = rows.path
     print(f"rows appended to {path}")
 
 

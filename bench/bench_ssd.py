@@ -8,7 +8,9 @@ the chunked pure-PyTorch reference), "naive" (ssd_scan_naive, CPU only, forward 
 "mamba_ssm" (mamba_chunk_scan_combined, when installed). Ratios are to "torch" and to "mamba_ssm".
 TFLOP/s counts the forward's matmul work with the causal half of the intra-chunk products:
     B T (L G N + 4 H P N + L H P)  (x 2 flops per multiply-add already folded in; backward ~2x forward).
-    python bench/bench_ssd.py --device cuda --quick      (GPU check: bf16, 8k tokens, both shapes)
+    python bench/bench_ssd.py --device cuda --quick --mamba-configs 1 --shapes granite-4.0-h-micro   (GPU check)
+--mamba-configs N keeps the first N of each mamba-ssm Triton kernel's autotune configs (~140 per key otherwise:
+minutes of compiling); its rows are then provider "mamba_ssm_untuned", a lower bound on mamba-ssm's speed.
     python bench/bench_ssd.py --device cpu --quick       (CPU: fp32, 512 tokens, torch chunked vs naive)
 Rows go to bench/results/ssd_chunk_scan.csv.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from utils import append_rows, device_name, measure, parse_args  # noqa: E402
+from utils import StreamRows, device_name, measure, parse_args  # noqa: E402
 
 from prism_fast.ops import ssd_chunk_scan, ssd_scan_naive  # noqa: E402
 from prism_fast.ops._dispatch import has_module, triton_usable  # noqa: E402
@@ -56,8 +58,25 @@ def _flops(shape, T):
                 + shape["L"] * shape["H"] * shape["P"])
 
 
-def bench_shape(name, shape, T, device, dtype, reps, packs):
-    rows, table = [], []
+def cut_mamba_autotune(n: int) -> int:
+    """Keep the first n configs of every autotuned kernel of mamba-ssm's Triton SSD modules; returns how many
+    kernels were cut (0 when mamba-ssm is absent)."""
+    import importlib
+    cut = 0
+    for m in ("ssd_bmm", "ssd_chunk_state", "ssd_chunk_scan", "ssd_state_passing", "ssd_combined", "layernorm_gated"):
+        try:
+            mod = importlib.import_module(f"mamba_ssm.ops.triton.{m}")
+        except ImportError:
+            continue
+        for obj in vars(mod).values():
+            if hasattr(obj, "configs") and hasattr(obj, "fn") and len(obj.configs) > n:
+                obj.configs = obj.configs[:n]
+                cut += 1
+    return cut
+
+
+def bench_shape(name, shape, T, device, dtype, reps, packs, rows, mamba_label="mamba_ssm"):
+    table = []
     for packed in packs:
         args, kw = _inputs(shape, T, device, dtype, packed)
         cfg = dict(shape, tokens=T, dtype=str(dtype).removeprefix("torch."), model=name, packed=packed)
@@ -89,9 +108,12 @@ def bench_shape(name, shape, T, device, dtype, reps, packs):
                     table.append((name, packed, prov, mode, float("nan"), None, None))
                     continue
                 tflops = _flops(shape, T) / (p50 * 1e-3) / 1e12 if mode == "fwd" else None
+                if prov == "mamba_ssm":
+                    for x in r:
+                        x["provider"] = mamba_label
                 rows += r
                 table.append((name, packed, prov, mode, p50, mem, tflops))
-    return rows, table
+    return table
 
 
 def main(argv=None):
@@ -100,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=None, help="default: 8192 (cuda), 512 (cpu)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions; plain rows only on CPU")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--mamba-configs", type=int, default=0, help="cut mamba-ssm's autotune to N configs per kernel")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated subset of {', '.join(SHAPES)}")
     args = parse_args(ap, argv)
     device = torch.device(args.device)
     T = args.tokens or (8192 if device.type == "cuda" else 512)
@@ -107,12 +131,16 @@ def main(argv=None):
     reps = (5 if args.quick else 20) if device.type == "cuda" else (2 if args.quick else 5)
     packs = (False, True) if device.type == "cuda" or not args.quick else (False,)
     print(f"# ssd_chunk_scan on {device_name(device)}, {T} tokens, {str(dtype)[6:]}, torch {torch.__version__}")
-    all_rows = []
+    mamba_label = "mamba_ssm"
+    if args.mamba_configs and has_module("mamba_ssm") and cut_mamba_autotune(args.mamba_configs):
+        mamba_label = "mamba_ssm_untuned"
+        print(f"# mamba-ssm autotune cut to {args.mamba_configs} configs per kernel: rows say {mamba_label}")
+    all_rows = StreamRows("ssd_chunk_scan", overwrite=args.overwrite)
     print(f"{'shape':22s} {'packed':6s} {'provider':10s} {'mode':8s} {'ms p50':>10s} {'x torch':>8s} "
           f"{'x mamba':>8s} {'MiB':>8s} {'TFLOP/s':>8s}")
-    for name, shape in SHAPES.items():
-        rows, table = bench_shape(name, shape, T, device, dtype, reps, packs)
-        all_rows += rows
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        table = bench_shape(name, shape, T, device, dtype, reps, packs, all_rows, mamba_label)
         base = {(r[1], r[3], r[2]): r[4] for r in table}
         for (n, packed, prov, mode, ms, mem, tf) in table:
             t_ref, m_ref = base.get((packed, mode, "torch")), base.get((packed, mode, "mamba_ssm"))
@@ -120,7 +148,7 @@ def main(argv=None):
             mratio = f"{m_ref / ms:8.2f}" if m_ref and ms == ms else f"{'-':>8s}"
             print(f"{n:22s} {str(packed):6s} {prov:10s} {mode:8s} {ms:10.2f} {ratio} {mratio} "
                   f"{(f'{mem:8.0f}' if mem is not None else '       -')} {(f'{tf:8.3f}' if tf else '       -')}")
-    path = append_rows("ssd_chunk_scan", all_rows, overwrite=args.overwrite)
+    path = all_rows.path
     print(f"# x torch / x mamba: speedup over that provider in this run (>1 = faster). Rows: {path}")
 
 

@@ -1,16 +1,22 @@
 """Shared benchmark harness: timing (warmup, synchronize, quantiles), peak memory, machine label, CSV rows.
 
-Every bench/bench_<op>.py uses it so numbers are comparable: rows go to bench/results/<op>.csv with the columns
+Every bench/bench_<op>.py uses it so numbers are comparable: rows go to bench/results/<op>.csv (BENCH_RESULTS
+overrides the directory: bench/gpu_check.sh points it at its run's folder) with the columns
 op, provider, mode, metric, unit, x, p50, p20, p80, config, device_name, timestamp, version.
+Rows stream (StreamRows): each is printed and written to the CSV as soon as it is measured, so a bench killed by
+a time limit keeps what it measured. On CUDA, the registers, spill bytes and shared memory of every Triton
+kernel the bench compiled go to kernels.csv when it exits (write_kernel_stats).
 Timing on CUDA uses CUDA events around each call after `warmup` calls; on CPU, perf_counter. Quantiles are over
 `reps` calls (medians are what reports quote).
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -18,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 COLUMNS = ["op", "provider", "mode", "metric", "unit", "x", "p50", "p20", "p80", "config", "device_name",
            "timestamp", "version"]
 
@@ -28,8 +34,13 @@ def parse_args(ap, argv=None):
     imported and its arguments parsed, which is what a CPU machine can check of a GPU benchmark."""
     args = ap.parse_args(argv)
     if os.environ.get("BENCH_DRY_RUN") == "1":
-        print(f"dry-run ok: {ap.prog} {' '.join(sys.argv[1:] if argv is None else argv)}")
+        import prism_fast
+        print(f"dry-run ok: {ap.prog} {' '.join(sys.argv[1:] if argv is None else argv)} "
+              f"(prism_fast from {Path(prism_fast.__file__).parent})")
         sys.exit(0)
+    atexit.register(write_kernel_stats, Path(sys.argv[0]).stem)
+    # a phase's `timeout` ends the bench with SIGTERM: exit through atexit so kernels.csv is still written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return args
 
 
@@ -132,3 +143,81 @@ def append_rows(op: str, rows: list[dict], *, overwrite: bool = False) -> Path:
         w.writeheader()
         w.writerows(old + rows)
     return path
+
+
+class StreamRows(list):
+    """A list of CSV rows that prints each row and writes it to bench/results/<op>.csv as it is added
+    (`rows += r`, `rows.append(r)`), so what was measured survives a bench killed by a time limit.
+    With overwrite, each batch replaces earlier rows of the same key (append_rows); path: the CSV."""
+
+    def __init__(self, op: str, *, overwrite: bool = False):
+        super().__init__()
+        self.op, self.overwrite, self.path = op, overwrite, RESULTS / f"{op}.csv"
+
+    def extend(self, rows):
+        rows = list(rows)
+        super().extend(rows)
+        for r in rows:
+            print(f"  row: {r['provider']} {r['mode']} {r['metric']} x={r['x']} p50={r['p50']} {r['unit']}",
+                  flush=True)
+        self.path = append_rows(self.op, rows, overwrite=self.overwrite)
+
+    def append(self, r):
+        self.extend([r])
+
+    def __iadd__(self, rows):
+        self.extend(rows)
+        return self
+
+
+def compiled_kernels():
+    """(kernel name, CompiledKernel) for every Triton kernel compiled in this process so far: the JIT caches of
+    every @triton.jit function reachable from loaded modules (ours and the peers'; autotuners unwrapped)."""
+    try:
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return []
+    seen, out = set(), []
+    for mod in list(sys.modules.values()):
+        for obj in list(getattr(mod, "__dict__", {}).values()):
+            fn = obj
+            while fn is not None and not isinstance(fn, JITFunction) and hasattr(fn, "fn"):
+                fn = fn.fn                        # Autotuner / Heuristics -> JITFunction
+            if not isinstance(fn, JITFunction) or id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            for cache in getattr(fn, "device_caches", {}).values():
+                for k in cache[0].values():
+                    out.append((f"{fn.__module__}.{fn.__name__}", k))
+    return out
+
+
+def write_kernel_stats(bench: str) -> None:
+    """Append one kernels.csv row per compiled kernel (registers, spill bytes, shared memory, warps, stages) and
+    print them; CUDA only (the numbers come from loading the cubin)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    rows = []
+    for name, k in compiled_kernels():
+        try:
+            k._init_handles()                    # loads the cubin: n_regs / n_spills are read there
+            md = k.metadata
+            rows.append({"bench": bench, "kernel": name, "n_regs": k.n_regs, "n_spills": k.n_spills,
+                         "shared": md.shared, "num_warps": md.num_warps, "num_stages": md.num_stages,
+                         "device_name": torch.cuda.get_device_name(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        except Exception as e:                   # a stat that cannot be read is reported, never fatal
+            print(f"kernel stats: {name}: {type(e).__name__}: {e}")
+    if not rows:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "kernels.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"# kernels compiled by {bench}: registers / spill bytes / shared memory -> {path}")
+    for r in sorted(rows, key=lambda r: -r["n_spills"]):
+        print(f"  {r['kernel']:<70} w{r['num_warps']} s{r['num_stages']} regs {r['n_regs']:>3} "
+              f"spills {r['n_spills']:>5} smem {r['shared']}")

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .configs import CONV1D_BWD, CONV1D_FWD, pick
+
 
 @triton.jit
 def _conv_pre(x_base, seq_base, w_base, bias, offs_c, s, C, T, X_stride_c, X_stride_t, S_stride_t,
@@ -112,22 +114,24 @@ def _causal_conv1d_bwd_kernel(
         tl.store(DB_PART_ptr + (pid_b * n_tblk + pid_t) * C + offs_c, tl.sum(g0, axis=1), mask=cmask)
 
 
-def _blocks(C, T):
-    bt = max(16, min(64, triton.next_power_of_2(T)))
-    return max(16, min(64, triton.next_power_of_2(C))), bt
+def _blocks(cfg: dict, C: int, T: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_T): the table's tiles (kernels/configs.py CONV1D_*) capped at next_pow2(C / T), >= 16."""
+    return (max(16, min(cfg["BLOCK_C"], triton.next_power_of_2(C))),
+            max(16, min(cfg["BLOCK_T"], triton.next_power_of_2(T))))
 
 
 def causal_conv1d_fwd(x, weight, bias, seq_idx, silu, out):
     """x [B, C, T] (any strides), weight [C, W] contiguous, bias [C] or None, seq_idx [B, T] int32 or None;
     writes out [B, C, T] (any strides) and returns it."""
     Bsz, C, T = x.shape
-    bc, bt = _blocks(C, T)
+    cfg = pick(CONV1D_FWD, x.device, 0)
+    bc, bt = _blocks(cfg, C, T)
     s = seq_idx if seq_idx is not None else x.new_zeros(1, 1, dtype=torch.int32)
     _causal_conv1d_fwd_kernel[(triton.cdiv(T, bt), triton.cdiv(C, bc), Bsz)](
         x, weight, bias if bias is not None else weight, s, out, C, T,
         *x.stride(), *out.stride(), *s.stride(),
         WIDTH=weight.shape[1], BLOCK_C=bc, BLOCK_T=bt, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None,
-        SILU=silu, num_warps=4)
+        SILU=silu, num_warps=cfg["num_warps"])
     return out
 
 
@@ -135,7 +139,8 @@ def causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, dx):
     """Writes dx [B, C, T] (any strides); returns (dx, dweight [C, W] fp32, dbias [C] fp32 or None)."""
     Bsz, C, T = x.shape
     W = weight.shape[1]
-    bc, bt = _blocks(C, T)
+    cfg = pick(CONV1D_BWD, x.device, 0)
+    bc, bt = _blocks(cfg, C, T)
     n_tblk = triton.cdiv(T, bt)
     dw_part = torch.empty(Bsz, n_tblk, C, W, device=x.device, dtype=torch.float32)
     db_part = torch.empty(Bsz, n_tblk, C, device=x.device, dtype=torch.float32) if bias is not None else dw_part
@@ -144,5 +149,5 @@ def causal_conv1d_bwd(dout, x, weight, bias, seq_idx, silu, dx):
         x, weight, bias if bias is not None else weight, s, dout, dx, dw_part, db_part, C, T, n_tblk,
         *x.stride(), *dout.stride(), *dx.stride(), *s.stride(),
         WIDTH=W, BLOCK_C=bc, BLOCK_T=bt, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None,
-        SILU=silu, num_warps=4)
+        SILU=silu, num_warps=cfg["num_warps"])
     return dx, dw_part.sum((0, 1)), (db_part.sum((0, 1)) if bias is not None else None)

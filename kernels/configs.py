@@ -37,10 +37,19 @@ ATTN_FWD = {
 }
 # dK/dV keeps two fp32 [BLOCK_N, Dh] accumulators plus the K/V tiles for the whole program (64-key blocks;
 # 128 would spill at Dh = 128); dQ keeps one accumulator and takes 128-row blocks.
+# sm_90 rows retuned for 0 spill bytes (tests/kernels/test_spills.py; ptxas -v of the JIT-specialized kernel,
+# Triton 3.6.0 = the GPU image's and 3.9.0 = ours, in registers / spill bytes):
+#  - dK/dV Dh 64: was 64 x 64 w4 s2 (255 / 1032 B with 3.6, 255 / 128 B with 3.9): 2 stages keep a second K/V
+#    tile pair live next to both accumulators; 1 stage: 217 / 219 registers, 0 B.
+#  - dK/dV Dh 128: was 64 x 64 w8 s2 (255 / 1180 B, 255 / 320 B); neither 1 stage (3.9: 356 B) nor 32-row
+#    query tiles at 2 stages (3.6: 112 B) alone is clean; 32 x 64 w8 s1: 212 / 242 registers, 0 B. The
+#    one-head-per-program layout (kv_split) compiles clean at the old tiles too.
+#  - dQ Dh 256: was 64 x 32 w8 s1 (255 / 1540 B, 255 / 204 B); 2 stages let the compiler keep the K/V tiles in
+#    shared memory instead of registers: 205 / 205 registers, 0 B (128 KiB of the 227 KiB).
 ATTN_BWD_DKDV = {
     "interp": [(HEAD_DIM_MAX, _C(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1))],
-    "sm90": [(64, _C(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)),
-             (128, _C(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)),
+    "sm90": [(64, _C(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)),      # 1 stage: no spill (above)
+             (128, _C(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=1)),     # 32-row q tiles, 1 stage: idem
              (256, _C(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=1))],
     "sm80": [(64, _C(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)),
              (128, _C(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2)),
@@ -50,7 +59,7 @@ ATTN_BWD_DQ = {
     "interp": [(HEAD_DIM_MAX, _C(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1))],
     "sm90": [(64, _C(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2)),
              (128, _C(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)),
-             (256, _C(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1))],
+             (256, _C(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2))],     # 2 stages: no spill (above)
     "sm80": [(64, _C(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2)),
              (128, _C(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)),
              (256, _C(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1))],
@@ -67,6 +76,14 @@ SSD = {
     "sm90": [(HEAD_DIM_MAX, _C(num_warps=4, num_stages=3))],
     "sm80": [(HEAD_DIM_MAX, _C(num_warps=4, num_stages=2))],
 }
+# SSD chunk cumsum (ssd_chunk_cumsum.py): one [L, BLOCK_H] fp32 tile of 8192 elements per program, several live
+# in the backward. sm_90 was the SSD row (w4: 64 elements per thread and tile): the backward spilled 4696 B
+# (3.6) / 2368 B (3.9) and the forward 24 B (3.9); 16 warps: 16 elements per thread, 62-125 registers, 0 B.
+SSD_CUMSUM = {
+    "interp": [(HEAD_DIM_MAX, _C(num_warps=4, num_stages=1))],
+    "sm90": [(HEAD_DIM_MAX, _C(num_warps=16, num_stages=1))],
+    "sm80": [(HEAD_DIM_MAX, _C(num_warps=4, num_stages=2))],
+}
 
 # Fused-loss row kernels (fused_linear_cross_entropy.py, fused_linear_logprobs.py): memory-bound streaming passes
 # over one row of a [C, V] logits chunk; BLOCK is the V tile per loop step (capped at next_pow2(V) by the
@@ -78,6 +95,21 @@ LOSS_ROWS = {
     "interp": [(VOCAB_ANY, _C(BLOCK=4096, num_warps=4, num_stages=1))],
     "sm90": [(VOCAB_ANY, _C(BLOCK=8192, num_warps=16, num_stages=1))],
     "sm80": [(VOCAB_ANY, _C(BLOCK=4096, num_warps=16, num_stages=1))],
+}
+
+# Causal conv1d (causal_conv1d.py): [BLOCK_C channels, BLOCK_T steps] tiles, capped by the launcher at
+# next_pow2(C) / next_pow2(T) (16 at least). One row per target keyed by "any channel count".
+CONV1D_FWD = {
+    "interp": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=64, num_warps=4))],
+    "sm90": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=64, num_warps=4))],
+    "sm80": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=64, num_warps=4))],
+}
+# sm_90 backward: was 64 x 64 w4 (168 registers but 6492 B (3.6) / 8796 B (3.9) of spills: the WIDTH unrolled
+# shifted x tiles and the gradient tile stay live together); 64 x 32 at 8 warps: 178 registers, 0 B.
+CONV1D_BWD = {
+    "interp": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=64, num_warps=4))],
+    "sm90": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=32, num_warps=8))],
+    "sm80": [(VOCAB_ANY, _C(BLOCK_C=64, BLOCK_T=64, num_warps=4))],
 }
 
 # Alternatives bench_attention.py --sweep measures on a GPU next to the table's pick (head dim <= 128).

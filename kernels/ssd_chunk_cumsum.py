@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._ssd_common import launch_opts, program_ids
+from ._ssd_common import program_ids
+from .configs import SSD_CUMSUM, pick
 
 _SOFTPLUS_THRESHOLD = 20.0
 
@@ -119,7 +120,7 @@ def ssd_chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_limit):
         dt, A, dt_bias if dt_bias is not None else A, dt_out, dA_cs, T, H, nc, lo, hi,
         dt.stride(0), dt.stride(1), dt.stride(2),
         L=L, BLOCK_H=BH, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        **launch_opts(dt))
+        **pick(SSD_CUMSUM, dt.device, 0))
     return dt_out, dA_cs
 
 
@@ -137,6 +138,6 @@ def ssd_chunk_cumsum_bwd(dt, A, dt_bias, dt_out, inter, cross, sv, dda_last, ddt
         ddt, dA_part, dbias_part, T, H, nc, lo, hi,
         dt.stride(0), dt.stride(1), dt.stride(2), ddt.stride(0), ddt.stride(1), ddt.stride(2),
         L=L, BLOCK_H=BH, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        **launch_opts(dt))
+        **pick(SSD_CUMSUM, dt.device, 0))
     ddt_bias = dbias_part.sum((0, 1)) if dt_bias is not None else None
     return ddt.to(dt.dtype), dA_part.sum((0, 1)), ddt_bias

@@ -9,7 +9,8 @@ architecture on a cold Triton cache, so the whole file is marked slow.
 import pytest
 
 from prism_fast.kernels import configs
-from tests.aot_util import aot_compile, assert_all_compiled, assert_fits_shared_memory, kernel_spec
+from tests.aot_util import (aot_compile, assert_all_compiled, assert_fits_shared_memory, kernel_signature,
+                            kernel_spec)
 
 ARCH = {90: "sm90", 80: "sm80"}
 LIMITS = {a: configs.SHARED_MEM_LIMIT[t] for a, t in ARCH.items()}
@@ -58,8 +59,9 @@ _SSD_FP32 = ("DT_OUT_ptr", "DA_CS_ptr", "CB_ptr", "DCB_ptr", "STATES_ptr", "S_IN
 SSD_SIG = dict(fp32_ptrs=_SSD_FP32, int_ptrs=("SEG_ptr",), floats=("dt_min", "dt_max"))
 
 
-def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = True) -> list[dict]:
-    """Every SSD stage with the launchers' tiles for chunk L, head dim P, state N (Granite-4.0-H / Nemotron-H)."""
+def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = True, jit: bool = True) -> list[dict]:
+    """Every SSD stage with the launchers' tiles for chunk L, head dim P, state N (Granite-4.0-H / Nemotron-H);
+    jit=False: without the launch-time specialization (kernel_spec)."""
     m = "prism_fast.kernels."
     dot = dict(DOT_MODE=1 if lowp else 0)
     b64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, HAS_SEQ=True, **dot)
@@ -83,7 +85,19 @@ def ssd_specs(tgt: str, L: int = 256, P: int = 64, N: int = 128, lowp: bool = Tr
                                                 **dot)),
     ]
     opts = _opts(configs.rows(configs.SSD, tgt)[0][1])
-    return [kernel_spec(m + mod, k, "*bf16" if lowp else "*fp32", c, **opts, **SSD_SIG) for mod, k, c in table]
+    cumsum = _opts(configs.rows(configs.SSD_CUMSUM, tgt)[0][1])
+    return [kernel_spec(m + mod, k, "*bf16" if lowp else "*fp32", c, **(cumsum if "cumsum" in k else opts),
+                        unit=ssd_unit_strides(m + mod, k, c) if jit else (), jit=jit, **SSD_SIG)
+            for mod, k, c in table]
+
+
+def ssd_unit_strides(module: str, kernel: str, constexprs: dict) -> tuple:
+    """The strides the SSD launchers pass as 1 on contiguous inputs, so the JIT turns them into constants: the
+    innermost dim of x / z / y / dy / dx [.., H, P] (P), of B / C / states [.., N] (N), and of dt [B, T, H] (H)."""
+    inner = ("X_stride_p", "Z_stride_p", "Y_stride_p", "O_stride_p", "DY_stride_p", "DX_stride_p", "DO_stride_p",
+             "B_stride_n", "C_stride_n", "DB_stride_n", "DC_stride_n", "S_stride_n", "DT_stride_h", "DDT_stride_h")
+    sig = kernel_signature(module, kernel, "*bf16", constexprs, **SSD_SIG)
+    return tuple(n for n in inner if n in sig)
 
 
 def _check(specs_by_arch):

@@ -6,9 +6,7 @@ without a GPU raises a clear RuntimeError, and runs the kernels' own per-thread 
 prism_conv1d_host) in both launch shapes against the reference. Numerics of the CUDA path: tests/gpu/test_ssm_gpu.py.
 """
 import ctypes
-import inspect
 import shutil
-from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -183,14 +181,8 @@ def test_update_reference_continues_the_full_conv():
 
 @pytest.mark.slow
 def test_aot_compile_sm90_sm80():
-    m = "prism_fast.kernels.causal_conv1d"
-    specs = []
-    for kernel in ("_causal_conv1d_fwd_kernel", "_causal_conv1d_bwd_kernel"):
-        params = list(inspect.signature(getattr(import_module(m), kernel).fn).parameters)
-        cexp = dict(WIDTH=4, BLOCK_C=64, BLOCK_T=64, HAS_BIAS=True, HAS_SEQ=True, SILU=True)
-        sig = {p: ("constexpr" if p in cexp else "*i32" if p == "SEQ_ptr" else
-                   "*fp32" if p.endswith("_PART_ptr") else "*bf16" if p.endswith("_ptr") else "i32") for p in params}
-        specs.append({"module": m, "kernel": kernel, "signature": sig, "constexprs": cexp, "num_warps": 4})
-    recs = aot_compile(specs)
+    """Both kernels at each target's CONV1D_* row (sm_90's spill check is tests/kernels/test_spills.py)."""
+    from tests.kernels.test_spills import conv1d_specs
+    recs = aot_compile(conv1d_specs("sm90"), archs=(90,)) + aot_compile(conv1d_specs("sm80"), archs=(80,))
     assert_all_compiled(recs)
     assert len(recs) == 4
