@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from prism_fast.entry import UserError
+from prism_fast.errors import UserError
 
 _KEY = "prism_range"
 
