@@ -5,14 +5,16 @@ Every layer holds ONE mixer behind its own pre-norm and residual: x + mixer(norm
 transformers >= 5 configs, `layers_block_type` (linear_attention / full_attention / mlp / moe).
 Unusual next to llama: attention has NO positional encoding (no RoPE) and no bias, softmax scale 1/sqrt(head_dim);
 the MLP is up_proj -> relu^2 -> down_proj (no gate); the Mamba in/out projections use `use_bias`; the Mamba dt is
-clamped to (time_step_min, inf) (transformers 5.24 ignores time_step_limit here; we follow it); the final norm
+clamped to `time_step_limit` (alias `mamba_dt_limit`, default (0, inf)), as mamba-ssm and transformers >= 5.25 do
+(transformers <= 5.24 clamped to (time_step_min, inf) instead); the final norm
 multiplies its weight in fp32 before casting (unlike llama's RMSNorm). Checkpoint names are the released ones:
 backbone.embeddings, backbone.layers.{i}.{norm, mixer.*}, backbone.norm_f, lm_head (transformers renames
 backbone. -> model. on load and back on save).
-Semantics checked against transformers 5.24 modeling_nemotron_h.py (its torch path; no mamba_ssm on CPU).
+Semantics checked against transformers 5.25 modeling_nemotron_h.py (its torch path; no mamba_ssm on CPU).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -69,7 +71,8 @@ def config_from_hf(d: dict) -> ModelConfig:
         warnings.warn("nemotron_h: tie_word_embeddings=True is ignored (as transformers does); lm_head stays a "
                       "separate weight", stacklevel=2)
     heads = d.get("num_attention_heads", 32)
-    t_min = hf_float(_get(d, "time_step_min", "mamba_dt_min", default=0.001))
+    dt_limit = tuple(hf_float(v) for v in (_get(d, "time_step_limit", "mamba_dt_limit", default=None)
+                                            or (0.0, math.inf)))
     m_heads, m_head_dim = d.get("mamba_num_heads", 128), d.get("mamba_head_dim", 64)
     return ModelConfig(
         model_type="nemotron_h", vocab_size=d.get("vocab_size", 131072), hidden_size=d.get("hidden_size", 4096),
@@ -88,7 +91,7 @@ def config_from_hf(d: dict) -> ModelConfig:
         mamba_expand=_get(d, "expand", "mamba_expand", default=2),
         mamba_chunk_size=_get(d, "chunk_size", "mamba_chunk_size", default=128),
         mamba_conv_bias=_get(d, "use_conv_bias", "mamba_conv_bias", default=True),
-        mamba_proj_bias=d.get("use_bias", False), time_step_limit=(t_min, float("inf")),
+        mamba_proj_bias=d.get("use_bias", False), time_step_limit=dt_limit,
         bos_token_id=d.get("bos_token_id", 1), eos_token_id=d.get("eos_token_id", 2),
         pad_token_id=d.get("pad_token_id", 0), hf_config=d)
 

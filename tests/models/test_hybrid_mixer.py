@@ -27,9 +27,9 @@ def _hf_mixer(family):
         from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
         cfg = NemotronHConfig(hidden_size=D_MODEL, mamba_num_heads=H, mamba_head_dim=P, ssm_state_size=N,
                               n_groups=G, conv_kernel=W, chunk_size=CHUNK, layers_block_type=["linear_attention"],
-                              layer_norm_epsilon=1e-5, use_bias=True, time_step_min=0.05)
+                              layer_norm_epsilon=1e-5, use_bias=True, time_step_limit=(0.05, float("inf")))
         hf = NemotronHMamba2Mixer(cfg, 0)
-        # transformers' Nemotron-H mixer clamps dt to (time_step_min, inf).
+        # transformers' Nemotron-H mixer clamps dt to time_step_limit (>= 5.25; earlier, to (time_step_min, inf)).
         ours = Mamba2Mixer(D_MODEL, num_heads=H, head_dim=P, d_state=N, n_groups=G, conv_width=W, chunk_size=CHUNK,
                            conv_bias=True, proj_bias=True, norm_eps=1e-5, time_step_limit=(0.05, float("inf")))
     g = torch.Generator().manual_seed(0)
@@ -92,3 +92,12 @@ def test_mixer_cache_equals_full_forward(prefill):
             ours(x[:, t:t + 1], cache=c2)
     torch.testing.assert_close(c1.conv_state, c2.conv_state, atol=1e-5, rtol=1e-5)   # in_proj GEMM shapes differ
     torch.testing.assert_close(c1.ssm_state, c2.ssm_state, atol=1e-5, rtol=1e-5)
+
+
+def test_nemotron_h_dt_limit_comes_from_time_step_limit():
+    """dt is clamped to time_step_limit (alias mamba_dt_limit), not to time_step_min (the init range's floor)."""
+    from prism_fast.models.nemotron_h import config_from_hf, tiny_hf_config
+    d = tiny_hf_config() | {"time_step_min": 0.05}
+    assert config_from_hf(d).time_step_limit == (0.0, float("inf"))
+    assert config_from_hf(d | {"time_step_limit": [0.01, 10.0]}).time_step_limit == (0.01, 10.0)
+    assert config_from_hf(d | {"mamba_dt_limit": [0.02, "Infinity"]}).time_step_limit == (0.02, float("inf"))
