@@ -318,7 +318,8 @@ def parse_humaneval(rows: list[dict], source: str) -> list[Problem]:
     for i, r in enumerate(rows):
         stub = str(get_field(r, ("prompt",), source, i))
         reference = {"test_code": str(get_field(r, ("test",), source, i)),
-                     "entry_point": str(get_field(r, ("entry_point",), source, i))}
+                     "entry_point": str(get_field(r, ("entry_point",), source, i)),
+                     "setup_code": stub}   # its helpers (poly, encode_cyclic) are checked as the problem's
         prompt = ("Complete the following Python function. Give the complete function, with the imports it uses, "
                   f"in one ```python code block.\n\n```python\n{stub.rstrip()}\n```")
         out.append(Problem(_row_id(r, i), "code", prompt, reference))

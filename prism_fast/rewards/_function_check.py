@@ -7,7 +7,8 @@ and gets plain data back, rebuilt here from builtins, so the asserts compare rea
 the builtin `==`. A value the candidate cannot send as plain data arrives as a Remote, which equals only itself
 and has no truth value, so `assert candidate(x) == expected` and `assert candidate(x)` both fail on it.
 Names the test code uses but does not define (helpers of the HumanEval prompt such as `poly` or `encode_cyclic`)
-are looked up in the candidate's program: a known limit, see docs/rewards.md.
+come from `setup_code`, the problem's own prompt code, run here first; only a name neither defines is looked up
+in the candidate's program (a reference without setup_code: a known limit, see docs/rewards.md).
 
 stdin/stdout are pipes to and from the candidate's sandbox (the worker does not relay each call); stderr goes
 to the worker, and its last line is the verdict: "PRISM-VERDICT " + {"op": "done", "nonce"} after check()
@@ -101,7 +102,7 @@ def _trace():
     return traceback.format_exc(limit=-2)[-300:]
 
 
-def run_check(test_code, entry_point, nonce):
+def run_check(test_code, entry_point, nonce, setup_code=""):
     _channel["in"] = os.fdopen(os.dup(0), "rb")
     _channel["out"] = os.fdopen(os.dup(1), "wb", buffering=0)
     verdict_out = os.fdopen(os.dup(2), "wb", buffering=0)
@@ -111,6 +112,9 @@ def run_check(test_code, entry_point, nonce):
     os.dup2(2, 1)                   # the test code's prints go to stderr, not into the protocol
     ns = _Namespace(__name__="__check__", __builtins__=builtins)
     try:
+        if setup_code:
+            exec(compile(setup_code, "setup_code.py", "exec"), ns)
+            ns.pop(entry_point, None)   # the prompt's stub: tests that name the entry point mean the candidate's
         exec(compile(test_code, "test_code.py", "exec"), ns)
         ns["check"](_candidate_global(entry_point))
         verdict = {"op": "done", "nonce": nonce}

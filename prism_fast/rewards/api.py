@@ -227,6 +227,7 @@ class Rewarder:
             else:
                 specs.append(("code_humaneval", {"program": program, "test_code": item.reference["test_code"],
                                                  "entry_point": item.reference["entry_point"],
+                                                 "setup_code": item.reference.get("setup_code", ""),
                                                  "sandbox": self._sandbox_config()}))
         if not specs and self.repetition_penalty > 0:      # nothing to verify, but the n-gram count runs there
             reason, detail = pending.fixed

