@@ -63,9 +63,22 @@ def test_run_logged_failure_and_timeout_are_one_line_errors(tmp_path):
         run_logged([sys.executable, "-c", "import time; time.sleep(60)"], log, timeout_s=1)
 
 
-def _study(out: Path, mode: str = "--smoke") -> list[str]:
-    p = subprocess.run([sys.executable, "-m", "prism_fast.study", mode, "--out", str(out), "--no-progress"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=1800)
+def _study(out: Path, mode: str = "--smoke", timeout_s: float = 1800) -> list[str]:
+    cmd = [sys.executable, "-m", "prism_fast.study", mode, "--out", str(out), "--no-progress"]
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: the study stops its running stage (a trainer) before exiting. A killed study
+            # left that trainer running on after the test, taking a core from the rest of the suite.
+            proc.terminate()
+            try:
+                proc.communicate(timeout=150)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise
+    p = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     line = [x for x in p.stdout.splitlines() if x.startswith("stages run:")][-1]
     return [] if "all cached" in line else line.split(":", 1)[1].strip().split(", ")
